@@ -1,0 +1,1 @@
+"""Data sources: where token ids come from."""

@@ -1,0 +1,82 @@
+"""Where dropout goes in a stacked LSTM: the four placements this toolkit compares.
+
+Zaremba, Sutskever & Vinyals (2014), Sec. 3: "apply the dropout operator only to the non-recurrent
+connections", i.e. h^{l-1}_t -> h^l_t (Eq. in Fig. 2: D(h^{l-1}_t)), never h^l_{t-1} -> h^l_t.
+
+Masks are explicit tensors so that a test, or a curious user, can hand the LSTM the exact masks it
+should use and check the result against the equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DROPOUT_MODES = ("zaremba", "variational", "naive", "none")
+
+
+@dataclass(frozen=True)
+class DropoutMasks:
+    """Multiplicative masks for one forward pass, already scaled by 1 / (1 - p).
+
+    A mask of shape (T, B, D) is fresh at every time step; (1, B, D) is one mask per sequence,
+    broadcast over time.
+
+    inputs[l]: on the input of layer l (the embeddings for l = 0, else layer l-1's output).
+    output: on the top layer's output, before the softmax.
+    recurrent[l]: on h_{t-1} where it enters layer l's gates; None when the mode keeps the
+        recurrent path clean.
+    """
+
+    inputs: tuple[Tensor, ...]
+    output: Tensor
+    recurrent: tuple[Tensor, ...] | None = None
+
+
+def check_dropout(dropout: float, dropout_mode: str) -> None:
+    """Raise ValueError for a mode outside DROPOUT_MODES or p outside [0, 1)."""
+    if dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"dropout_mode must be one of {', '.join(DROPOUT_MODES)}, got {dropout_mode!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def bernoulli_mask(shape: tuple[int, ...], p: float, *, device=None, generator=None) -> Tensor:
+    """Keep each unit with probability 1 - p and scale kept units by 1 / (1 - p)."""
+    keep = torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=generator)
+    return keep.div_(1.0 - p)
+
+
+def sample_masks(
+    dropout_mode: str,
+    dropout: float,
+    steps: int,
+    batch: int,
+    input_sizes: list[int],
+    hidden_size: int,
+    *,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> DropoutMasks | None:
+    """Draw the masks that `dropout_mode` prescribes, or None when nothing is dropped.
+
+    input_sizes[l] is the width of layer l's input. Returns masks shaped as in DropoutMasks:
+    zaremba and naive draw a fresh mask per time step (T, B, D); variational one per sequence
+    (1, B, D) (Gal & Ghahramani 2016, Sec. 4).
+    """
+    check_dropout(dropout, dropout_mode)
+    if dropout_mode == "none" or dropout == 0.0:
+        return None
+    t = 1 if dropout_mode == "variational" else steps
+
+    def draw(width: int) -> Tensor:
+        return bernoulli_mask((t, batch, width), dropout, device=device, generator=generator)
+
+    inputs = tuple(draw(d) for d in input_sizes)
+    output = draw(hidden_size)
+    recurrent = None
+    if dropout_mode in ("variational", "naive"):
+        recurrent = tuple(draw(hidden_size) for _ in input_sizes)
+    return DropoutMasks(inputs=inputs, output=output, recurrent=recurrent)

@@ -1,0 +1,118 @@
+"""The stacked LSTM with an explicit dropout placement (see seq2seq.dropout).
+
+Zaremba et al. (2014), Eq. in Sec. 3.1, with PyTorch's gate order (i, f, g, o):
+    [i, f, g, o] = W_ih D(h^{l-1}_t) + b_ih + W_hh h^l_{t-1} + b_hh
+    c^l_t = sigmoid(f) * c^l_{t-1} + sigmoid(i) * tanh(g)
+    h^l_t = sigmoid(o) * tanh(c^l_t)
+D (dropout) touches only the vertical input h^{l-1}_t, so `zaremba` and `none` run every layer on the
+fused kernel (nn.LSTM: cuDNN on GPU, oneDNN on CPU). `variational` and `naive` also mask h_{t-1} inside
+the recurrence, which a fused kernel cannot do: they run a step loop over the same weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .dropout import DropoutMasks, check_dropout, sample_masks
+
+State = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
+
+
+def _fused_bf16_ok(x: Tensor) -> bool:
+    """oneDNN's bf16 LSTM needs AVX512-BF16 (or AMX); without it nn.LSTM fails under CPU autocast."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@torch.jit.script
+def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM cell's element-wise part. gates: (B, 4H) pre-activations; c: (B, H). Returns (h, c)."""
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Run one single-layer nn.LSTM's weights step by step with h_{t-1} multiplied by h_mask.
+
+    x: (T, B, D) already-masked input; h, c: (B, H); h_mask: (T, B, H) fresh per step, (1, B, H)
+    shared, or None. Returns y (T, B, H) and the final h, c.
+    """
+    # The input half of every gate does not depend on t: one large matrix product for all steps.
+    x_proj = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (T, B, 4H)
+    w_hh_t = lstm.weight_hh_l0.t()  # (H, 4H)
+    outputs = []
+    for t in range(x.shape[0]):
+        h_in = h if h_mask is None else h * h_mask[t if h_mask.shape[0] > 1 else 0]
+        h, c = lstm_pointwise(torch.addmm(x_proj[t], h_in, w_hh_t), c)
+        outputs.append(h)
+    return torch.stack(outputs), h, c  # (T, B, H)
+
+
+class StackedLSTM(nn.Module):
+    """num_layers LSTM layers with dropout placed by `dropout_mode` (zaremba, variational, naive, none).
+
+    Inputs are time-major: x (T, B, input_size). Parameters are the same for every mode (one
+    single-layer nn.LSTM per layer), so a model trained with one placement loads under another.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0, dropout_mode: str = "zaremba"):
+        super().__init__()
+        check_dropout(dropout, dropout_mode)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout, self.dropout_mode = dropout, dropout_mode
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.LSTM(d, hidden_size) for d in sizes)
+
+    def input_sizes(self) -> list[int]:
+        return [layer.input_size for layer in self.layers]
+
+    def zero_state(self, batch: int, device=None) -> State:
+        shape = (self.num_layers, batch, self.hidden_size)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def sample_masks(self, steps: int, batch: int, device=None, generator=None) -> DropoutMasks | None:
+        """The masks a training forward pass over (steps, batch) would draw; None in eval mode."""
+        if not self.training:
+            return None
+        return sample_masks(self.dropout_mode, self.dropout, steps, batch, self.input_sizes(),
+                            self.hidden_size, device=device, generator=generator)
+
+    def forward(self, x: Tensor, state: State | None = None, masks: DropoutMasks | None = None) -> tuple[Tensor, State]:
+        """x: (T, B, input_size); state: (h, c) each (L, B, H) or None for zeros; masks: explicit masks
+        (else drawn when training). Returns the top layer's masked output (T, B, H) and the final state.
+        """
+        steps, batch = x.shape[0], x.shape[1]
+        if masks is None:
+            masks = self.sample_masks(steps, batch, device=x.device)
+        h0, c0 = state if state is not None else self.zero_state(batch, x.device)
+        fused = masks is None or masks.recurrent is None
+        hs, cs = [], []
+        for layer_index, layer in enumerate(self.layers):
+            if masks is not None:
+                x = x * masks.inputs[layer_index]
+            h, c = h0[layer_index], c0[layer_index]
+            if fused:
+                x, (h, c) = self._run_fused(layer, x, h, c)
+            else:
+                x, h, c = recurrent_layer(x, h, c, layer, masks.recurrent[layer_index])
+            hs.append(h)
+            cs.append(c)
+        if masks is not None:
+            x = x * masks.output
+        return x, (torch.stack(hs), torch.stack(cs))
+
+    @staticmethod
+    def _run_fused(layer: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
+        if _fused_bf16_ok(x):
+            y, (h, c) = layer(x, (h.unsqueeze(0), c.unsqueeze(0)))
+        else:
+            with torch.autocast("cpu", enabled=False):
+                y, (h, c) = layer(x.float(), (h.float().unsqueeze(0), c.float().unsqueeze(0)))
+        return y, (h[0], c[0])

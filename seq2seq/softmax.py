@@ -1,0 +1,52 @@
+"""The output layer and its loss fused: logits = h W^T + b, then summed cross-entropy.
+
+On a CPU the softmax layer is most of a small LSTM's cost (PTB small: three (N x H) x (H x V) products
+per step). Fusing the loss with the projection saves one pass of exponentials and two (N, V) buffers
+compared with nn.Linear + F.cross_entropy: forward keeps only the probabilities, and backward turns
+them in place into d loss / d logits = p - onehot(y).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
+        logits = torch.mm(h.to(dtype), weight.to(dtype).t()).float().add_(bias)  # (N, V), softmax in fp32
+        target_logit = logits.gather(1, targets[:, None])  # (N, 1)
+        peak = logits.amax(1, keepdim=True)  # (N, 1)
+        probs = logits.sub_(peak).exp_()  # unnormalised, in place
+        total = probs.sum(1, keepdim=True)  # (N, 1)
+        nll = (total.log() + peak - target_logit).sum()
+        probs.div_(total)
+        ctx.save_for_backward(h, weight, targets, probs)
+        ctx.dtype = dtype
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, weight, targets, probs = ctx.saved_tensors
+        grad_logits = probs  # reused in place: this graph can be backpropagated once
+        grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+        grad_logits.mul_(grad)
+        grad_bias = grad_logits.sum(0)  # (V,)
+        grad_logits = grad_logits.to(ctx.dtype)
+        grad_h = grad_logits @ weight.to(ctx.dtype)  # (N, H)
+        grad_weight = grad_logits.t() @ h.to(ctx.dtype)  # (V, H)
+        return grad_h.to(h.dtype), grad_weight.to(weight.dtype), grad_bias, None, None
+
+
+def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """Sum over rows of -log softmax(h W^T + b)[y].
+
+    h: (N, H); weight: (V, H); bias: (V,); targets: (N,) int64. Returns a scalar; equals
+    F.cross_entropy(F.linear(h, weight, bias), targets, reduction="sum"). Under autocast the three
+    matrix products run in the autocast dtype (bf16) and the softmax in fp32.
+    """
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(h, weight, bias, targets, dtype)
