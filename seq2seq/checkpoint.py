@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import load_model as safetensors_load_model
+from safetensors.torch import save_model as safetensors_save_model
 from torch import nn
 
 from .errors import UserError
@@ -49,8 +51,8 @@ def write_json(path: str | Path, payload: Any) -> None:
 def save_model(directory: str | Path, model: nn.Module, config: Any, extra: dict | None = None) -> None:
     """Write DIR/model.safetensors (the state dict) and DIR/config.json ({"kind", "model", ...extra})."""
     directory = Path(directory)
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda temporary: save_file(tensors, temporary))
+    # safetensors' save_model stores tied weights (decoder embedding = softmax) once
+    atomic_write(directory / WEIGHTS_NAME, lambda temporary: safetensors_save_model(model, temporary))
     payload = {"kind": type(model).__name__, "model": dataclasses.asdict(config), **(extra or {})}
     write_json(directory / CONFIG_NAME, payload)
 
@@ -73,11 +75,11 @@ def load_weights(directory: str | Path, model: nn.Module) -> nn.Module:
     """Load DIR/model.safetensors into model (strict); a corrupt or mismatched file is a UserError."""
     path = Path(directory) / WEIGHTS_NAME
     try:
-        tensors = load_file(path)
+        load_file(path)  # parse first: a truncated or corrupt file is the user's, not a bug
     except (SafetensorError, OSError) as error:
         raise UserError(f"{path}: not a readable safetensors file ({error})") from None
     try:
-        model.load_state_dict(tensors)
+        safetensors_load_model(model, path, strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"{path}: weights do not match {CONFIG_NAME} ({first})") from None

@@ -34,6 +34,15 @@ class DropoutMasks:
     output: Tensor
     recurrent: tuple[Tensor, ...] | None = None
 
+    def at(self, t: int) -> DropoutMasks:
+        """The masks of time step t alone, for a decoder that runs one step at a time."""
+
+        def pick(mask: Tensor) -> Tensor:
+            return mask if mask.shape[0] == 1 else mask[t : t + 1]
+
+        recurrent = None if self.recurrent is None else tuple(map(pick, self.recurrent))
+        return DropoutMasks(tuple(map(pick, self.inputs)), pick(self.output), recurrent)
+
 
 def check_dropout(dropout: float, dropout_mode: str) -> None:
     """Raise ValueError for a mode outside DROPOUT_MODES or p outside [0, 1)."""

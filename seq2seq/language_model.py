@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import load_weights, read_config
 from .data.word_corpus import window, window_starts
 from .dropout import check_dropout
+from .errors import UserError
 from .lstm import State, StackedLSTM
 from .softmax import linear_cross_entropy
 
@@ -79,3 +81,16 @@ def evaluate_nll(model: nn.Module, data: Tensor, unroll: int) -> tuple[float, in
         tokens += targets.numel()
     model.train(was_training)
     return total, tokens
+
+
+def load_language_model(directory) -> tuple[LanguageModel, list[str]]:
+    """Rebuild a saved model (config.json + model.safetensors) and its vocabulary, in eval mode."""
+    payload = read_config(directory)
+    if payload.get("kind") != "LanguageModel":
+        raise UserError(f"{directory}: holds a {payload.get('kind')}, not a LanguageModel")
+    try:
+        config = LanguageModelConfig(**payload["model"])
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{directory}/config.json: invalid model config ({error})") from None
+    model = load_weights(directory, LanguageModel(config))
+    return model.eval(), payload.get("vocabulary", [])

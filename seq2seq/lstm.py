@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .dropout import DropoutMasks, check_dropout, sample_masks
 
@@ -38,11 +39,13 @@ def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return h, c
 
 
-def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None,
+                    lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Run one single-layer nn.LSTM's weights step by step with h_{t-1} multiplied by h_mask.
 
     x: (T, B, D) already-masked input; h, c: (B, H); h_mask: (T, B, H) fresh per step, (1, B, H)
-    shared, or None. Returns y (T, B, H) and the final h, c.
+    shared, or None; lengths: (B,) valid steps per sequence (state frozen and output zero after).
+    Returns y (T, B, H) and the final h, c.
     """
     # The input half of every gate does not depend on t: one large matrix product for all steps.
     x_proj = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (T, B, 4H)
@@ -50,8 +53,13 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     outputs = []
     for t in range(x.shape[0]):
         h_in = h if h_mask is None else h * h_mask[t if h_mask.shape[0] > 1 else 0]
-        h, c = lstm_pointwise(torch.addmm(x_proj[t], h_in, w_hh_t), c)
-        outputs.append(h)
+        h_new, c_new = lstm_pointwise(torch.addmm(x_proj[t], h_in, w_hh_t), c)
+        if lengths is None:
+            h, c = h_new, c_new
+        else:
+            valid = (lengths > t).unsqueeze(1)  # (B, 1)
+            h, c, h_new = torch.where(valid, h_new, h), torch.where(valid, c_new, c), h_new * valid
+        outputs.append(h_new)
     return torch.stack(outputs), h, c  # (T, B, H)
 
 
@@ -84,9 +92,12 @@ class StackedLSTM(nn.Module):
         return sample_masks(self.dropout_mode, self.dropout, steps, batch, self.input_sizes(),
                             self.hidden_size, device=device, generator=generator)
 
-    def forward(self, x: Tensor, state: State | None = None, masks: DropoutMasks | None = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None, masks: DropoutMasks | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """x: (T, B, input_size); state: (h, c) each (L, B, H) or None for zeros; masks: explicit masks
-        (else drawn when training). Returns the top layer's masked output (T, B, H) and the final state.
+        (else drawn when training); lengths: (B,) for right-padded batches, so that the final state is
+        each sequence's own last step and padded outputs are zero.
+        Returns the top layer's masked output (T, B, H) and the final state.
         """
         steps, batch = x.shape[0], x.shape[1]
         if masks is None:
@@ -99,9 +110,9 @@ class StackedLSTM(nn.Module):
                 x = x * masks.inputs[layer_index]
             h, c = h0[layer_index], c0[layer_index]
             if fused:
-                x, (h, c) = self._run_fused(layer, x, h, c)
+                x, (h, c) = self._run_fused(layer, x, h, c, lengths)
             else:
-                x, h, c = recurrent_layer(x, h, c, layer, masks.recurrent[layer_index])
+                x, h, c = recurrent_layer(x, h, c, layer, masks.recurrent[layer_index], lengths)
             hs.append(h)
             cs.append(c)
         if masks is not None:
@@ -109,10 +120,15 @@ class StackedLSTM(nn.Module):
         return x, (torch.stack(hs), torch.stack(cs))
 
     @staticmethod
-    def _run_fused(layer: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, State]:
-        if _fused_bf16_ok(x):
-            y, (h, c) = layer(x, (h.unsqueeze(0), c.unsqueeze(0)))
-        else:
+    def _run_fused(layer: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if not _fused_bf16_ok(x):
             with torch.autocast("cpu", enabled=False):
-                y, (h, c) = layer(x.float(), (h.float().unsqueeze(0), c.float().unsqueeze(0)))
+                return StackedLSTM._run_fused(layer, x.float(), h.float(), c.float(), lengths)
+        state = (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous())
+        if lengths is None:
+            y, (h, c) = layer(x, state)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            y, (h, c) = layer(packed, state)
+            y, _ = pad_packed_sequence(y, total_length=x.shape[0])
         return y, (h[0], c[0])

@@ -5,9 +5,10 @@ PTB settings are those of Zaremba et al. (2014), Sec. 4.1, and their Lua code (g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .language_model import LanguageModelConfig
+from .translator import TranslatorConfig
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,113 @@ def zaremba_large() -> LMPreset:
 
 
 LM_PRESETS = {"tiny": zaremba_tiny, "small": zaremba_small, "medium": zaremba_medium, "large": zaremba_large}
+
+
+# --- Translation: Sutskever et al. (2014) with the regularisation of Zaremba et al. (2014), Sec. 4.2 ---
+
+
+@dataclass(frozen=True)
+class TranslationData:
+    """Where pairs come from: a Hugging Face dataset (streamed), or local PREFIX.{src,tgt}[.gz] files."""
+
+    dataset: str | None = "wmt/wmt14"
+    dataset_config: str | None = "fr-en"
+    train_prefix: str | None = None
+    valid_prefix: str | None = None
+    test_prefix: str | None = None
+    src_lang: str = "en"
+    tgt_lang: str = "fr"
+    max_train_pairs: int | None = None
+    max_words: int = 80
+    max_ratio: float = 3.0
+    vocab_size: int = 32000
+    spm_model_type: str = "unigram"
+    spm_sample: int = 2_000_000
+    tokenizer_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TranslationTraining:
+    """Optimiser, schedule and batching. schedule: "halving" (SGD; halve every half epoch from
+    halve_from), "linear" (warm up, then decay linearly to zero), or "constant"."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.7
+    schedule: str = "halving"
+    halve_from: float = 5.0
+    warmup_steps: int = 0
+    epochs: float = 7.5
+    max_tokens: int = 100_000
+    max_sentences: int | None = 128
+    normalize_by: str = "sentences"
+    max_grad_norm: float = 5.0
+    label_smoothing: float = 0.0
+    eval_every: int = 2000
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass(frozen=True)
+class Decoding:
+    beam_size: int = 12
+    alpha: float = 0.0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class TranslationPreset:
+    name: str
+    model: TranslatorConfig
+    training: TranslationTraining
+    data: TranslationData
+    decoding: Decoding
+    notes: str = field(default="", compare=False)
+
+
+def translation_paper() -> TranslationPreset:
+    """4 x 1000 LSTMs, 1000-d embeddings, dropout 0.2, U(-0.08, 0.08), reversed source, no attention,
+    SGD 0.7 halved every half epoch after epoch 5, 7.5 epochs, 128 sentences a batch, clip 5, beam 12.
+    SentencePiece (32k per language) replaces the paper's 160k / 80k word vocabularies."""
+    return TranslationPreset(
+        name="paper",
+        model=TranslatorConfig(src_vocab_size=0, tgt_vocab_size=0, embedding_size=1000, hidden_size=1000,
+                               num_layers=4, dropout=0.2, dropout_mode="zaremba", init_scale=0.08,
+                               reverse_source=True, attention=False),
+        training=TranslationTraining(),
+        data=TranslationData(),
+        decoding=Decoding(beam_size=12, alpha=0.0),
+    )
+
+
+def translation_demo() -> TranslationPreset:
+    """Multi30k En->Fr on a 2-core CPU in about 30 minutes: 2 x 256, Luong attention, tied decoder
+    embeddings, zaremba dropout 0.3, label smoothing, Adam with a linear schedule, beam 5."""
+    return TranslationPreset(
+        name="demo",
+        model=TranslatorConfig(src_vocab_size=0, tgt_vocab_size=0, embedding_size=256, hidden_size=256,
+                               num_layers=2, dropout=0.3, dropout_mode="zaremba", init_scale=0.1,
+                               reverse_source=True, attention=True, input_feeding=False, tie_embeddings=True),
+        training=TranslationTraining(optimizer="adam", lr=3e-3, schedule="linear", warmup_steps=200, epochs=8,
+                                     max_tokens=2500, max_sentences=None, normalize_by="tokens",
+                                     max_grad_norm=1.0, label_smoothing=0.1, eval_every=500),
+        data=TranslationData(dataset=None, dataset_config=None, train_prefix="data/multi30k/train",
+                             valid_prefix="data/multi30k/val", test_prefix="data/multi30k/test_2016_flickr",
+                             vocab_size=4000, spm_sample=100_000, tokenizer_dir="tokenizers/multi30k"),
+        decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10),
+    )
+
+
+def translation_tiny() -> TranslationPreset:
+    """Seconds on a CPU, for tests."""
+    demo = translation_demo()
+    return TranslationPreset(
+        name="tiny",
+        model=replace(demo.model, embedding_size=16, hidden_size=16, num_layers=2, dropout=0.1),
+        training=replace(demo.training, epochs=2, max_tokens=200, warmup_steps=5, eval_every=20, lr=1e-2),
+        data=replace(demo.data, vocab_size=300, tokenizer_dir=None, spm_sample=10_000),
+        decoding=Decoding(beam_size=3, alpha=0.6, max_len_a=1.5, max_len_b=5, batch_size=16),
+    )
+
+
+TRANSLATION_PRESETS = {"paper": translation_paper, "demo": translation_demo, "tiny": translation_tiny}

@@ -14,39 +14,55 @@ from torch import Tensor
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype,
+                smoothing: float, keep: Tensor | None) -> Tensor:
         logits = torch.mm(h.to(dtype), weight.to(dtype).t()).float().add_(bias)  # (N, V), softmax in fp32
         target_logit = logits.gather(1, targets[:, None])  # (N, 1)
+        mean_logit = logits.mean(1, keepdim=True) if smoothing else 0.0  # (N, 1)
         peak = logits.amax(1, keepdim=True)  # (N, 1)
         probs = logits.sub_(peak).exp_()  # unnormalised, in place
         total = probs.sum(1, keepdim=True)  # (N, 1)
-        nll = (total.log() + peak - target_logit).sum()
+        log_z = total.log() + peak
+        # (1 - eps) * -log p_y + eps * mean_v(-log p_v), the definition F.cross_entropy uses
+        loss = (1.0 - smoothing) * (log_z - target_logit) + smoothing * (log_z - mean_logit)
         probs.div_(total)
-        ctx.save_for_backward(h, weight, targets, probs)
-        ctx.dtype = dtype
-        return nll
+        if keep is not None:
+            loss = loss * keep
+        ctx.save_for_backward(h, weight, targets, probs, keep)
+        ctx.dtype, ctx.smoothing = dtype, smoothing
+        return loss.sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        h, weight, targets, probs = ctx.saved_tensors
+        h, weight, targets, probs, keep = ctx.saved_tensors
         grad_logits = probs  # reused in place: this graph can be backpropagated once
-        grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+        grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0 - ctx.smoothing
+        if ctx.smoothing:
+            grad_logits.sub_(ctx.smoothing / probs.shape[1])
+        if keep is not None:
+            grad_logits.mul_(keep)
         grad_logits.mul_(grad)
         grad_bias = grad_logits.sum(0)  # (V,)
         grad_logits = grad_logits.to(ctx.dtype)
         grad_h = grad_logits @ weight.to(ctx.dtype)  # (N, H)
         grad_weight = grad_logits.t() @ h.to(ctx.dtype)  # (V, H)
-        return grad_h.to(h.dtype), grad_weight.to(weight.dtype), grad_bias, None, None
+        return grad_h.to(h.dtype), grad_weight.to(weight.dtype), grad_bias, None, None, None, None
 
 
-def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
-    """Sum over rows of -log softmax(h W^T + b)[y].
+def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, label_smoothing: float = 0.0,
+                         ignore_index: int | None = None) -> Tensor:
+    """Sum over rows of the (label-smoothed) cross-entropy of softmax(h W^T + b) against targets.
 
-    h: (N, H); weight: (V, H); bias: (V,); targets: (N,) int64. Returns a scalar; equals
-    F.cross_entropy(F.linear(h, weight, bias), targets, reduction="sum"). Under autocast the three
-    matrix products run in the autocast dtype (bf16) and the softmax in fp32.
+    h: (N, H); weight: (V, H); bias: (V,); targets: (N,) int64; rows whose target is ignore_index
+    count zero. Returns a scalar equal to F.cross_entropy(F.linear(h, weight, bias), targets,
+    reduction="sum", label_smoothing=..., ignore_index=...). Under autocast the three matrix products
+    run in the autocast dtype (bf16) and the softmax in fp32.
     """
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    keep = None
+    if ignore_index is not None:
+        keep = (targets != ignore_index).float().unsqueeze(1)  # (N, 1)
+        targets = targets.masked_fill(targets == ignore_index, 0)
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(h, weight, bias, targets, dtype)
+        return _LinearCrossEntropy.apply(h, weight, bias, targets, dtype, label_smoothing, keep)

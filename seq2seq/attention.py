@@ -1,0 +1,30 @@
+"""Luong et al. (2015) global attention, "general" score: score(h_t, s) = h_t^T W_a s.
+
+The attentional hidden state is h~_t = tanh(W_c [c_t; h_t]) (Luong Eq. 5); it feeds the softmax and,
+with input feeding (Luong Sec. 3.3), the next decoder step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class LuongAttention(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, hidden_size, bias=False)  # W_a
+        self.combine = nn.Linear(2 * hidden_size, hidden_size, bias=False)  # W_c
+
+    def keys(self, memory: Tensor) -> Tensor:
+        """W_a s for every source position, computed once per sentence. memory: (S, B, H) -> (B, H, S)."""
+        return self.score(memory).permute(1, 2, 0)
+
+    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """query: (T, B, H) decoder outputs; keys: (B, H, S); memory: (S, B, H); src_mask: (B, S) True
+        at real tokens. Returns the attentional hidden states (T, B, H)."""
+        scores = torch.bmm(query.transpose(0, 1), keys)  # (B, T, S)
+        scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # (B, T, S)
+        context = torch.bmm(weights, memory.transpose(0, 1)).transpose(0, 1)  # (T, B, H)
+        return torch.tanh(self.combine(torch.cat([context, query], dim=-1)))

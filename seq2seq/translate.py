@@ -1,0 +1,131 @@
+"""`seq2seq-translate`: translate lines with a trained model directory, optionally scoring against a reference.
+
+    seq2seq-translate --model runs/wmt14_enfr-demo/model < test.en > test.fr
+    seq2seq-translate --model DIR --input test.en --ref test.fr --beam-size 5 --results-json scores.json
+
+One line in, one line out, in order; an empty line gives an empty line. With --nbest N each input line
+gives N lines `INDEX ||| HYPOTHESIS ||| SCORE` (Moses n-best style; INDEX counts input lines from 0,
+SCORE is log P(y | x) / lp, best first). Reads only safetensors + JSON + SentencePiece files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_weights, read_config, write_json
+from .data.batching import token_batches
+from .data.parallel import read_text_lines
+from .errors import ArgumentParser, UserError, exits_cleanly, positive
+from .metrics import check_aligned, corpus_scores
+from .search import beam_search
+from .tokenizer import Tokenizer, to_tensor
+from .translator import Translator, TranslatorConfig
+
+
+def load_translator(directory: str | Path) -> tuple[Translator, Tokenizer, Tokenizer, dict]:
+    """Model (eval mode), source and target tokenizers, and the config payload of a model directory."""
+    directory = Path(directory)
+    payload = read_config(directory)
+    if payload.get("kind") != "Translator":
+        raise UserError(f"{directory}: holds a {payload.get('kind')}, not a Translator")
+    src_tok = Tokenizer(directory / payload.get("source_tokenizer", "source.model"))
+    tgt_tok = Tokenizer(directory / payload.get("target_tokenizer", "target.model"))
+    try:
+        config = TranslatorConfig(**payload["model"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise UserError(f"{directory / 'config.json'}: invalid model config ({error})") from None
+    for tok, vocab, side in ((src_tok, config.src_vocab_size, "source"), (tgt_tok, config.tgt_vocab_size, "target")):
+        expected = payload.get(f"{side}_fingerprint")
+        if len(tok) != vocab or (expected and tok.fingerprint() != expected):
+            raise UserError(f"{tok.path}: this {side} tokenizer ({len(tok)} pieces) is not the one the model was trained with")
+    return load_weights(directory, Translator(config)).eval(), src_tok, tgt_tok, payload
+
+
+def translate_lines(model, src_tok: Tokenizer, tgt_tok: Tokenizer, lines: list[str], *, beam_size: int, alpha: float,
+                    max_len_a: float, max_len_b: int, batch_size: int, nbest: int = 1) -> list[list[tuple[str, float]]]:
+    """(text, score) n-best lists for every line, in input order; an empty line gives nbest empty texts."""
+    ids = src_tok.encode(lines)
+    results: list[list[tuple[str, float]]] = [[("", 0.0)] * nbest for _ in lines]
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    lengths = [len(ids[i]) + 1 for i in todo]
+    for chunk in token_batches(lengths, lengths, 10**9, max_sentences=batch_size, shuffle=False):
+        rows = [todo[j] for j in chunk]
+        src, src_lengths = to_tensor([ids[i] for i in rows], eos=True)
+        found = beam_search(model, src, src_lengths, beam_size, alpha, max_len_a, max_len_b, nbest=nbest)
+        for i, hyps in zip(rows, found):
+            texts = tgt_tok.decode([list(h.tokens) for h in hyps])
+            results[i] = list(zip(texts, [h.score for h in hyps]))
+    return results
+
+
+def parse_args(argv):
+    parser = ArgumentParser(prog="seq2seq-translate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="a model directory (config.json, model.safetensors, *.model)")
+    parser.add_argument("--input", default="-", help="file of source lines, or - for stdin (default)")
+    parser.add_argument("--output", default="-", help="file for translations, or - for stdout (default)")
+    parser.add_argument("--beam-size", type=positive(int))
+    parser.add_argument("--nbest", type=positive(int), default=1)
+    parser.add_argument("--batch-size", type=positive(int), default=64, help="sentences per batch")
+    parser.add_argument("--length-penalty", type=float, help="GNMT alpha")
+    parser.add_argument("--max-len-a", type=float)
+    parser.add_argument("--max-len-b", type=int)
+    parser.add_argument("--ref", type=Path, help="reference translations: print BLEU and chrF to stderr")
+    parser.add_argument("--results-json", type=Path)
+    return parser.parse_args(argv)
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    model, src_tok, tgt_tok, payload = load_translator(args.model)
+    decoding = payload.get("decoding", {})
+    options = {key: value if value is not None else decoding.get(key, default) for key, value, default in (
+        ("beam_size", args.beam_size, 5), ("alpha", args.length_penalty, 0.0),
+        ("max_len_a", args.max_len_a, 1.5), ("max_len_b", args.max_len_b, 10))}
+    if args.nbest > options["beam_size"]:
+        raise UserError(f"--nbest {args.nbest} exceeds --beam-size {options['beam_size']}")
+    lines = read_input(args.input)
+    references = None
+    if args.ref:
+        if not args.ref.is_file():
+            raise UserError(f"--ref {args.ref}: no such file")
+        references = read_text_lines(args.ref)
+        check_aligned(lines, references, where=f"--ref {args.ref}")
+    torch.set_grad_enabled(False)
+    results = translate_lines(model, src_tok, tgt_tok, lines, batch_size=args.batch_size, nbest=args.nbest, **options)
+    write_output(args.output, results, args.nbest)
+    report = {"sentences": len(lines), "decoding": options, "model": str(args.model)}
+    if references is not None:
+        scores = corpus_scores([r[0][0] for r in results], references)
+        print(f"{scores['bleu_text']}\n{scores['bleu_signature']}\n{scores['chrf_text']}\n{scores['chrf_signature']}",
+              file=sys.stderr)
+        report |= {k: scores[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature")}
+    if args.results_json:
+        write_json(args.results_json, report)
+
+
+def read_input(name: str) -> list[str]:
+    if name == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file")
+    return read_text_lines(path)
+
+
+def write_output(name: str, results, nbest: int) -> None:
+    if nbest == 1:
+        text = "".join(f"{r[0][0]}\n" for r in results)
+    else:
+        text = "".join(f"{i} ||| {hyp} ||| {score:.4f}\n" for i, r in enumerate(results) for hyp, score in r)
+    if name == "-":
+        sys.stdout.write(text)
+    else:
+        Path(name).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

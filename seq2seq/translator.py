@@ -1,0 +1,145 @@
+"""The encoder-decoder stacked LSTM translator of Sutskever et al. (2014), regularised as in Zaremba
+et al. (2014), Sec. 4.2: dropout on embedding -> encoder, between layers, and decoder -> softmax.
+
+The decoder starts from the encoder's final (h, c) of every layer. The source is read reversed
+(Sutskever et al. Sec. 3.3: it puts the first source words next to the first target words).
+Optional: Luong global attention, with or without input feeding, and tied decoder embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .attention import LuongAttention
+from .dropout import check_dropout
+from .lstm import StackedLSTM
+from .softmax import linear_cross_entropy
+from .tokenizer import PAD
+
+
+@dataclass(frozen=True)
+class TranslatorConfig:
+    """Shape and regularisation of the translator (field names = constructor arguments = CLI flags)."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    embedding_size: int = 1000
+    hidden_size: int = 1000
+    num_layers: int = 4
+    dropout: float = 0.2
+    dropout_mode: str = "zaremba"
+    init_scale: float = 0.08
+    reverse_source: bool = True
+    attention: bool = False
+    input_feeding: bool = False
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        check_dropout(self.dropout, self.dropout_mode)
+        if self.tie_embeddings and self.embedding_size != self.hidden_size:
+            raise ValueError("tie_embeddings needs embedding_size == hidden_size")
+        if self.input_feeding and not self.attention:
+            raise ValueError("input_feeding needs attention")
+
+
+@dataclass
+class Memory:
+    """What the decoder reads from the encoder: outputs (S, B, H), attention keys (B, H, S), and
+    src_mask (B, S), True at real tokens. outputs/keys are None without attention."""
+
+    outputs: Tensor | None
+    keys: Tensor | None
+    src_mask: Tensor
+
+    def select(self, index: Tensor) -> Memory:
+        """Reorder / repeat the batch: the beams of beam search."""
+        return Memory(None if self.outputs is None else self.outputs[:, index],
+                      None if self.keys is None else self.keys[index], self.src_mask[index])
+
+
+@dataclass
+class DecoderState:
+    """The decoder's recurrent state (h, c) each (L, B, H), plus h~_{t-1} (B, H) under input feeding."""
+
+    h: Tensor
+    c: Tensor
+    feed: Tensor | None = None
+
+    def select(self, index: Tensor) -> DecoderState:
+        return DecoderState(self.h[:, index], self.c[:, index], None if self.feed is None else self.feed[index])
+
+
+def reverse_padded(tokens: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each column's first lengths[b] tokens, leaving its padding at the end. tokens: (S, B)."""
+    positions = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1)  # (S, 1)
+    source = lengths.unsqueeze(0) - 1 - positions  # (S, B)
+    source = torch.where(source >= 0, source, positions.expand_as(source))
+    return tokens.gather(0, source)
+
+
+class Translator(nn.Module):
+    def __init__(self, config: TranslatorConfig):
+        super().__init__()
+        self.config = c = config
+        self.src_embedding = nn.Embedding(c.src_vocab_size, c.embedding_size)
+        self.tgt_embedding = nn.Embedding(c.tgt_vocab_size, c.embedding_size)
+        self.encoder = StackedLSTM(c.embedding_size, c.hidden_size, c.num_layers, c.dropout, c.dropout_mode)
+        decoder_input = c.embedding_size + (c.hidden_size if c.input_feeding else 0)
+        self.decoder = StackedLSTM(decoder_input, c.hidden_size, c.num_layers, c.dropout, c.dropout_mode)
+        self.attention = LuongAttention(c.hidden_size) if c.attention else None
+        self.output = nn.Linear(c.hidden_size, c.tgt_vocab_size)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -c.init_scale, c.init_scale)
+        if c.tie_embeddings:
+            self.output.weight = self.tgt_embedding.weight
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
+        """src: (S, B) right-padded ids; src_lengths: (B,). Returns the memory and the decoder's
+        initial state (the encoder's final h, c of every layer)."""
+        if self.config.reverse_source:
+            src = reverse_padded(src, src_lengths)
+        outputs, (h, c) = self.encoder(self.src_embedding(src), lengths=src_lengths)  # (S, B, H)
+        src_mask = torch.arange(src.shape[0], device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)  # (B, S)
+        keys = self.attention.keys(outputs) if self.attention is not None else None
+        feed = h.new_zeros(h.shape[1:]) if self.config.input_feeding else None
+        return Memory(outputs if self.attention is not None else None, keys, src_mask), DecoderState(h, c, feed)
+
+    def decode(self, tgt_in: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
+        """Teacher-forced decoder over tgt_in (T, B). Returns the states that feed the softmax (T, B, H)."""
+        embedded = self.tgt_embedding(tgt_in)  # (T, B, E)
+        if self.config.input_feeding:
+            return self._decode_feeding(embedded, state, memory)
+        top, (h, c) = self.decoder(embedded, (state.h, state.c))  # (T, B, H)
+        if self.attention is not None:
+            top = self.attention(top, memory.keys, memory.outputs, memory.src_mask)
+        return top, DecoderState(h, c)
+
+    def _decode_feeding(self, embedded: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
+        """Luong input feeding: step t reads [embedding; h~_{t-1}], so the decoder runs step by step."""
+        masks = self.decoder.sample_masks(embedded.shape[0], embedded.shape[1], device=embedded.device)
+        lstm_state, feed, outputs = (state.h, state.c), state.feed, []
+        for t in range(embedded.shape[0]):
+            step_input = torch.cat([embedded[t], feed], dim=-1).unsqueeze(0)  # (1, B, E + H)
+            top, lstm_state = self.decoder(step_input, lstm_state, None if masks is None else masks.at(t))
+            attended = self.attention(top, memory.keys, memory.outputs, memory.src_mask)  # (1, B, H)
+            feed = attended[0]
+            outputs.append(attended)
+        return torch.cat(outputs), DecoderState(*lstm_state, feed)
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor,
+                label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed) cross-entropy over the non-pad tokens of tgt_out (T, B), and their count."""
+        memory, state = self.encode(src, src_lengths)
+        top, _ = self.decode(tgt_in, state, memory)  # (T, B, H)
+        flat = top.reshape(-1, top.shape[-1])  # (T * B, H)
+        loss = linear_cross_entropy(flat, self.output.weight, self.output.bias, tgt_out.reshape(-1),
+                                    label_smoothing=label_smoothing, ignore_index=PAD)
+        return loss, (tgt_out != PAD).sum()
+
+    def step(self, tokens: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
+        """One decoding step for search. tokens: (B,) previous outputs. Returns log-probs (B, V)."""
+        top, state = self.decode(tokens.unsqueeze(0), state, memory)  # (1, B, H)
+        return torch.log_softmax(self.output(top[0]).float(), dim=-1), state

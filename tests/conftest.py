@@ -1,0 +1,25 @@
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq.data.word_corpus import write_toy_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    """Import recipes/NAME.py as a module (recipes/ holds scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def word_corpus(tmp_path):
+    return write_toy_corpus(tmp_path / "ptb")

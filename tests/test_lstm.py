@@ -1,0 +1,202 @@
+"""Dropout placement in the stacked LSTM, checked against an independent from-the-equations loop."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lstm_reference import reference_stacked_lstm, weights_of
+
+from seq2seq.dropout import DROPOUT_MODES, sample_masks
+from seq2seq.lstm import StackedLSTM
+
+T, B, D, H, L = 7, 3, 5, 6, 3
+ATOL = 1e-5
+
+
+def make(mode, p=0.5, seed=0):
+    torch.manual_seed(seed)
+    lstm = StackedLSTM(D, H, L, dropout=p, dropout_mode=mode)
+    x = torch.randn(T, B, D)
+    state = (torch.randn(L, B, H), torch.randn(L, B, H))
+    return lstm, x, state
+
+
+def run_reference(lstm, x, state, masks, recurrent=True):
+    return reference_stacked_lstm(
+        x, weights_of(lstm), *state, input_masks=masks.inputs,
+        recurrent_masks=masks.recurrent if recurrent else None, output_mask=masks.output)
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_no_dropout_matches_reference(mode):
+    lstm, x, state = make(mode, p=0.0)
+    y, (h, c) = lstm(x, state)
+    y_ref, h_ref, c_ref = reference_stacked_lstm(x, weights_of(lstm), *state)
+    torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=ATOL, rtol=0)
+
+
+def test_zaremba_masks_are_fresh_per_step_and_leave_recurrence_alone():
+    masks = sample_masks("zaremba", 0.5, T, B, [D, H, H], H, generator=torch.Generator().manual_seed(1))
+    assert masks.recurrent is None
+    assert [m.shape for m in masks.inputs] == [(T, B, D), (T, B, H), (T, B, H)]
+    assert masks.output.shape == (T, B, H)
+    assert set(torch.unique(masks.inputs[0]).tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
+    assert not torch.equal(masks.inputs[1][0], masks.inputs[1][1])
+
+
+def test_zaremba_fused_path_equals_reference_with_clean_recurrence():
+    lstm, x, state = make("zaremba")
+    masks = lstm.sample_masks(T, B)
+    y, (h, c) = lstm(x, state, masks)
+    y_ref, h_ref, c_ref = run_reference(lstm, x, state, masks, recurrent=False)
+    torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=ATOL, rtol=0)
+    # The same vertical masks plus a mask on h_{t-1} give a different result, so the check above
+    # would catch a mask leaking into the recurrent path.
+    leak = sample_masks("naive", 0.5, T, B, [D, H, H], H).recurrent
+    y_leak, _, _ = reference_stacked_lstm(x, weights_of(lstm), *state, input_masks=masks.inputs,
+                                          recurrent_masks=leak, output_mask=masks.output)
+    assert (y - y_leak).abs().max() > 1e-2
+
+
+def test_zaremba_recurrent_gradient_is_not_masked():
+    """d h_T / d h_0 flows through h_{t-1} -> h_t only: in zaremba mode it must equal the unmasked
+    recurrence's, whatever vertical masks were drawn."""
+    lstm, x, (h0, c0) = make("zaremba")
+    masks = lstm.sample_masks(T, B)
+    h0 = h0.clone().requires_grad_(True)
+    y, _ = lstm(x, (h0, c0), masks)
+    (grad,) = torch.autograd.grad(y.sum(), h0)
+    h0_ref = h0.detach().clone().requires_grad_(True)
+    y_ref, _, _ = run_reference(lstm, x, (h0_ref, c0), masks, recurrent=False)
+    (grad_ref,) = torch.autograd.grad(y_ref.sum(), h0_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=ATOL, rtol=0)
+
+
+def test_training_forward_draws_the_masks_sample_masks_would():
+    lstm, x, state = make("zaremba")
+    torch.manual_seed(123)
+    y_drawn, _ = lstm(x, state)
+    torch.manual_seed(123)
+    y_given, _ = lstm(x, state, lstm.sample_masks(T, B))
+    torch.testing.assert_close(y_drawn, y_given, atol=0, rtol=0)
+
+
+def test_variational_masks_are_shared_over_time_and_applied_to_h_prev():
+    lstm, x, state = make("variational")
+    masks = lstm.sample_masks(T, B)
+    assert all(m.shape[0] == 1 for m in masks.inputs + masks.recurrent + (masks.output,))
+    assert [m.shape for m in masks.recurrent] == [(1, B, H)] * L
+    y, (h, c) = lstm(x, state, masks)
+    y_ref, h_ref, c_ref = run_reference(lstm, x, state, masks)
+    torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=ATOL, rtol=0)
+    y_clean, _, _ = run_reference(lstm, x, state, masks, recurrent=False)
+    assert (y - y_clean).abs().max() > 1e-2  # the recurrent mask really is applied
+
+
+def test_naive_masks_are_fresh_per_step_on_both_paths():
+    lstm, x, state = make("naive")
+    masks = lstm.sample_masks(T, B)
+    for mask in masks.inputs + masks.recurrent:
+        assert mask.shape[0] == T
+        assert not torch.equal(mask[0], mask[1])
+    y, _ = lstm(x, state, masks)
+    y_ref, _, _ = run_reference(lstm, x, state, masks)
+    torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["variational", "naive"])
+def test_step_loop_gradients_match_reference(mode):
+    lstm, x, state = make(mode)
+    masks = lstm.sample_masks(T, B)
+    y, _ = lstm(x, state, masks)
+    grads = torch.autograd.grad(y.square().sum(), list(lstm.parameters()))
+    y_ref, _, _ = run_reference(lstm, x, state, masks)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), list(lstm.parameters()))
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_eval_mode_is_exactly_no_dropout(mode):
+    lstm, x, state = make(mode, p=0.5)
+    clean = StackedLSTM(D, H, L, dropout=0.0, dropout_mode="none")
+    clean.load_state_dict(lstm.state_dict())
+    lstm.eval()
+    y, (h, c) = lstm(x, state)
+    y_clean, (h_clean, c_clean) = clean(x, state)
+    assert torch.equal(y, y_clean) and torch.equal(h, h_clean) and torch.equal(c, c_clean)
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_training_mode_drops(mode):
+    lstm, x, state = make(mode, p=0.5)
+    y_train, _ = lstm(x, state)
+    y_eval, _ = lstm.eval()(x, state)
+    assert torch.equal(y_train, y_eval) == (mode == "none")
+
+
+@pytest.mark.parametrize("mode", ["zaremba", "variational"])
+def test_state_carried_across_windows_equals_one_long_window(mode):
+    lstm, x, state = make(mode, p=0.0)
+    y_full, (h_full, c_full) = lstm(x, state)
+    y_a, mid = lstm(x[:3], state)
+    y_b, (h_b, c_b) = lstm(x[3:], mid)
+    torch.testing.assert_close(torch.cat([y_a, y_b]), y_full, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c_b, c_full, atol=ATOL, rtol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(steps=st.integers(1, 6), batch=st.integers(1, 4), inp=st.integers(1, 5), hidden=st.integers(1, 5),
+       layers=st.integers(1, 3), mode=st.sampled_from(DROPOUT_MODES), seed=st.integers(0, 2**16))
+def test_any_shape_matches_reference(steps, batch, inp, hidden, layers, mode, seed):
+    torch.manual_seed(seed)
+    lstm = StackedLSTM(inp, hidden, layers, dropout=0.3, dropout_mode=mode)
+    x = torch.randn(steps, batch, inp)
+    state = (torch.randn(layers, batch, hidden), torch.randn(layers, batch, hidden))
+    masks = lstm.sample_masks(steps, batch)
+    y, (h, c) = lstm(x, state, masks)
+    y_ref, h_ref, c_ref = reference_stacked_lstm(
+        x, weights_of(lstm), *state, input_masks=masks.inputs if masks else None,
+        recurrent_masks=masks.recurrent if masks else None, output_mask=masks.output if masks else None)
+    assert y.shape == (steps, batch, hidden) and h.shape == (layers, batch, hidden)
+    torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=ATOL, rtol=0)
+
+
+def test_bad_mode_and_probability_are_rejected():
+    with pytest.raises(ValueError, match="dropout_mode"):
+        StackedLSTM(D, H, L, dropout=0.1, dropout_mode="recurrent")
+    with pytest.raises(ValueError, match="dropout must be"):
+        StackedLSTM(D, H, L, dropout=1.0)
+
+
+@pytest.mark.parametrize("mode", DROPOUT_MODES)
+def test_padded_batch_gives_each_sequence_its_own_final_state(mode):
+    lstm, x, state = make(mode, p=0.5)
+    lengths = torch.tensor([T, 2, 5])
+    masks = lstm.sample_masks(T, B)
+    y, (h, c) = lstm(x, state, masks, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        one = lambda m: m[:n, b : b + 1] if m.shape[0] > 1 else m[:, b : b + 1]  # noqa: E731
+        sub = None if masks is None else type(masks)(
+            tuple(map(one, masks.inputs)), one(masks.output),
+            None if masks.recurrent is None else tuple(map(one, masks.recurrent)))
+        y_b, (h_b, c_b) = lstm(x[:n, b : b + 1], (state[0][:, b : b + 1], state[1][:, b : b + 1]), sub)
+        torch.testing.assert_close(y[:n, b : b + 1], y_b, atol=ATOL, rtol=0)
+        torch.testing.assert_close(h[:, b : b + 1], h_b, atol=ATOL, rtol=0)
+        assert not y[n:, b].any()  # padded steps give zeros
+
+
+def test_masks_at_step_match_the_full_sequence():
+    lstm, x, state = make("zaremba")
+    masks = lstm.sample_masks(T, B)
+    y_full, _ = lstm(x, state, masks)
+    outputs, s = [], state
+    for t in range(T):
+        y_t, s = lstm(x[t : t + 1], s, masks.at(t))
+        outputs.append(y_t)
+    torch.testing.assert_close(torch.cat(outputs), y_full, atol=ATOL, rtol=0)
