@@ -46,7 +46,7 @@ def zaremba_tiny() -> LMPreset:
     """Seconds on a CPU, for tests: 2 x 32, a handful of steps."""
     return LMPreset(
         name="tiny",
-        model=LanguageModelConfig(hidden_size=32, num_layers=2, dropout=0.1, init_scale=0.1),
+        model=LanguageModelConfig(hidden_size=32, num_layers=2, dropout=0.1, init_scale=0.3),
         training=LMTrainingConfig(lr=1.0, lr_decay=2.0, decay_after=1, epochs=2, unroll=5, batch_size=4,
                                   eval_batch_size=4, test_batch_size=2),
     )

@@ -23,3 +23,13 @@ def load_recipe(name: str):
 @pytest.fixture
 def word_corpus(tmp_path):
     return write_toy_corpus(tmp_path / "ptb")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Recipes run in-process here; accelerate keeps process-wide singletons between Accelerator()s."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

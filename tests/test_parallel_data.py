@@ -1,0 +1,107 @@
+import gzip
+import json
+
+import pytest
+
+from seq2seq.data.batching import collate, token_batches
+from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, read_tsv
+from seq2seq.errors import UserError
+from seq2seq.tokenizer import BOS, EOS, PAD
+
+PAIRS = [("a small dog", "un petit chien"), ("two men", "deux hommes"), ("the cat sleeps", "le chat dort")]
+
+
+def write_parallel(prefix, pairs, compress=False):
+    for i, lang in enumerate(("en", "fr")):
+        text = "".join(p[i] + "\n" for p in pairs).encode()
+        if compress:
+            with gzip.open(f"{prefix}.{lang}.gz", "wb") as handle:
+                handle.write(text)
+        else:
+            with open(f"{prefix}.{lang}", "wb") as handle:
+                handle.write(text)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_line_aligned_files_plain_or_gzip(tmp_path, compress):
+    write_parallel(tmp_path / "train", PAIRS, compress)
+    assert read_parallel_text(tmp_path / "train", "en", "fr") == PAIRS
+
+
+def test_misaligned_files_name_both_files_and_counts(tmp_path):
+    write_parallel(tmp_path / "train", PAIRS)
+    (tmp_path / "train.fr").write_text("un\ndeux\n")
+    with pytest.raises(UserError, match=r"train.en has 3 lines but .*train.fr has 2"):
+        read_parallel_text(tmp_path / "train", "en", "fr")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    write_parallel(tmp_path / "train", PAIRS)
+    (tmp_path / "train.fr").write_bytes(b"un\n\xc3\x28 deux\ntrois\n")
+    with pytest.raises(UserError, match=r"train.fr, line 2: invalid UTF-8"):
+        read_parallel_text(tmp_path / "train", "en", "fr")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"absent.en: no such file"):
+        read_parallel_text(tmp_path / "absent", "en", "fr")
+
+
+def test_tsv(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS))
+    assert read_tsv(path) == PAIRS
+    path.write_text("one\ttwo\tthree\n")
+    with pytest.raises(UserError, match="line 1: expected 2 tab-separated columns, found 3"):
+        read_tsv(path)
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_hub_schema_through_datasets_on_local_files(tmp_path, fmt):
+    rows = [{"translation": {"en": a, "fr": b}} for a, b in PAIRS]
+    if fmt == "json":
+        path = tmp_path / "train.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import datasets
+
+        path = tmp_path / "train.parquet"
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    pairs = list(load_hf_pairs(fmt, None, "train", "en", "fr", data_files=str(path)))
+    assert pairs == PAIRS
+
+
+def test_hub_rows_of_another_schema_are_refused(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"en": "a", "fr": "b"}) + "\n")
+    with pytest.raises(UserError, match="row 1: expected"):
+        list(load_hf_pairs("json", None, "train", "en", "fr", data_files=str(path)))
+
+
+def test_cleaning_counts_each_filter():
+    pairs = [("a b", "c d"), ("", "x"), ("w " * 90, "w " * 90), ("a", "b c d e"), ("ok then", "d'accord alors")]
+    report = CleaningReport()
+    kept = list(clean_pairs(pairs, max_words=80, max_ratio=3.0, report=report))
+    assert kept == [("a b", "c d"), ("ok then", "d'accord alors")]
+    assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 1, 1, 1)
+
+
+def test_token_batches_cover_everything_once_within_budget_and_are_seeded():
+    src = [1 + (i * 7) % 23 for i in range(500)]
+    tgt = [1 + (i * 5) % 19 for i in range(500)]
+    batches = token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) <= 120 for b in batches)
+    assert batches == token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)
+    assert batches != token_batches(src, tgt, max_tokens=120, seed=3, epoch=2, pool_batches=10)
+    capped = token_batches(src, tgt, max_tokens=10**6, max_sentences=64, seed=0)
+    assert max(len(b) for b in capped) == 64
+
+
+def test_collate_pads_and_shifts_targets():
+    batch = collate([[5, 6], [7]], [[8], [9, 10]], [4, 9])
+    assert batch.src.t().tolist() == [[5, 6, EOS], [7, EOS, PAD]]
+    assert batch.src_lengths.tolist() == [3, 2]
+    assert batch.tgt_in.t().tolist() == [[BOS, 8, PAD], [BOS, 9, 10]]
+    assert batch.tgt_out.t().tolist() == [[8, EOS, PAD], [9, 10, EOS]]
+    assert batch.index.tolist() == [4, 9]
