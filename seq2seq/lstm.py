@@ -30,9 +30,12 @@ def _fused_bf16_ok(x: Tensor) -> bool:
         return False
 
 
-@torch.jit.script
 def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """The LSTM cell's element-wise part. gates: (B, 4H) pre-activations; c: (B, H). Returns (h, c)."""
+    """The LSTM cell's element-wise part. gates: (B, 4H) pre-activations; c: (B, H). Returns (h, c).
+
+    Plain eager code: on this project's CPU, torch.jit.script and torch.compile of this function were
+    not faster (2 x 200 x 20 steps, forward + backward: eager 60-70 ms, script 65-80 ms, compiled 78 ms).
+    """
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
