@@ -101,10 +101,14 @@ def load_data(data, args, accelerator) -> dict[str, list[tuple[str, str]]]:
     return splits
 
 
-# --- Vocabulary: one SentencePiece model per language, trained on a bounded sample, reused when present ---
+# --- Vocabulary: SentencePiece per language (or one joint model), on a bounded sample, reused when present ---
 
 def tokenizers(data, train, output_dir: Path) -> tuple[Tokenizer, Tokenizer]:
     directory = Path(data.tokenizer_dir) if data.tokenizer_dir else output_dir / "tokenizers"
+    if data.joint_vocabulary:
+        joint = load_or_train(directory / "joint.model", lambda: [side for pair in train for side in pair],
+                              data.vocab_size, data.spm_model_type, data.spm_sample)
+        return joint, joint
     return tuple(
         load_or_train(directory / f"{lang}.model", lambda i=i: [pair[i] for pair in train], data.vocab_size,
                       data.spm_model_type, data.spm_sample)

@@ -105,11 +105,12 @@ class TranslationData:
     test_prefix: str | None = None
     src_lang: str = "en"
     tgt_lang: str = "fr"
-    max_train_pairs: int | None = None
+    max_train_pairs: int | None = 12_000_000  # the paper trains on a 12M-pair subset
     max_words: int = 80
     max_ratio: float = 3.0
     vocab_size: int = 32000
     spm_model_type: str = "unigram"
+    joint_vocabulary: bool = False
     spm_sample: int = 2_000_000
     tokenizer_dir: str | None = None
 
@@ -176,10 +177,10 @@ def translation_demo() -> TranslationPreset:
         model=TranslatorConfig(src_vocab_size=0, tgt_vocab_size=0, embedding_size=256, hidden_size=256,
                                num_layers=2, dropout=0.3, dropout_mode="zaremba", init_scale=0.1,
                                reverse_source=True, attention=True, input_feeding=False, tie_embeddings=True),
-        training=TranslationTraining(optimizer="adam", lr=3e-3, schedule="linear", warmup_steps=200, epochs=8,
+        training=TranslationTraining(optimizer="adam", lr=2e-3, schedule="linear", warmup_steps=200, epochs=7,
                                      max_tokens=2500, max_sentences=None, normalize_by="tokens",
                                      max_grad_norm=1.0, label_smoothing=0.1, eval_every=500),
-        data=TranslationData(dataset=None, dataset_config=None, train_prefix="data/multi30k/train",
+        data=TranslationData(dataset=None, dataset_config=None, max_train_pairs=None, train_prefix="data/multi30k/train",
                              valid_prefix="data/multi30k/val", test_prefix="data/multi30k/test_2016_flickr",
                              vocab_size=4000, spm_sample=100_000, tokenizer_dir="tokenizers/multi30k"),
         decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10),

@@ -124,3 +124,15 @@ def test_unreachable_hub_points_to_the_demo(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--preset demo" in err[0]
+
+
+def test_joint_vocabulary_is_one_model_for_both_sides(tmp_path):
+    import dataclasses
+
+    from seq2seq.presets import translation_tiny
+
+    data = dataclasses.replace(translation_tiny().data, joint_vocabulary=True, vocab_size=80)
+    pairs = [("en1 en2 en3", "Fr1 fr2 fr3."), ("en4 en5", "Fr4 fr5.")] * 50
+    src_tok, tgt_tok = wmt.tokenizers(data, pairs, tmp_path)
+    assert src_tok is tgt_tok and (tmp_path / "tokenizers" / "joint.model").is_file()
+    assert src_tok.decode(src_tok.encode(["Fr4 fr5."])) == ["Fr4 fr5."]

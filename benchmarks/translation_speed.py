@@ -1,0 +1,90 @@
+"""Training tokens/s of the demo translator and decoding speed on test_2016_flickr.
+
+    python benchmarks/translation_speed.py [--model runs/wmt14_enfr-demo/model] [--train-steps 30]
+
+Training: target tokens/s of the demo preset's model over real Multi30k batches (Adam, label smoothing,
+clipping, as the recipe does). Decoding: sentences/s over the 1,000 test sentences at beam 1, 5 and 12,
+batched (64 sentences, sorted by length) versus one sentence at a time (first 100 sentences). With --model,
+decoding uses that trained model (a fresh model decodes to the length limit and is unrepresentative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from seq2seq.data.batching import token_batches
+from seq2seq.data.encoded import EncodedPairs
+from seq2seq.data.parallel import read_parallel_text
+from seq2seq.presets import translation_demo
+from seq2seq.tokenizer import Tokenizer
+from seq2seq.translate import load_translator, translate_lines
+from seq2seq.translator import Translator
+
+
+def training_speed(steps: int) -> None:
+    preset = translation_demo()
+    src_tok, tgt_tok = Tokenizer("tokenizers/multi30k/en.model"), Tokenizer("tokenizers/multi30k/fr.model")
+    pairs = read_parallel_text("data/multi30k/train", "en", "fr")[:8000]
+    corpus = EncodedPairs.from_rows(src_tok.encode([p[0] for p in pairs]), tgt_tok.encode([p[1] for p in pairs]))
+    config = dataclasses.replace(preset.model, src_vocab_size=len(src_tok), tgt_vocab_size=len(tgt_tok))
+    torch.manual_seed(0)
+    model = Translator(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = token_batches(corpus.src_lengths(), corpus.tgt_lengths(), preset.training.max_tokens, seed=0)
+    tokens, started = 0, None
+    for i, indices in enumerate(batches[: steps + 3]):
+        if i == 3:
+            tokens, started = 0, time.perf_counter()
+        batch = corpus.batch(indices)
+        loss, count = model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, preset.training.label_smoothing)
+        (loss / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(count)
+    elapsed = time.perf_counter() - started
+    print(f"training, demo model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+          f"{preset.training.max_tokens} tokens a batch): {tokens / elapsed:.0f} target tokens/s")
+
+
+def decoding_speed(model_dir: str | None, beams: list[int]) -> None:
+    lines = [p[0] for p in read_parallel_text("data/multi30k/test_2016_flickr", "en", "fr")]
+    if model_dir:
+        model, src_tok, tgt_tok, _ = load_translator(model_dir)
+    else:
+        preset = translation_demo()
+        src_tok, tgt_tok = Tokenizer("tokenizers/multi30k/en.model"), Tokenizer("tokenizers/multi30k/fr.model")
+        config = dataclasses.replace(preset.model, src_vocab_size=len(src_tok), tgt_vocab_size=len(tgt_tok))
+        model = Translator(config).eval()
+    torch.set_grad_enabled(False)
+    print(f"decoding test_2016_flickr ({len(lines)} sentences){'' if model_dir else ', untrained model'}:")
+    for beam in beams:
+        options = dict(beam_size=beam, alpha=0.6, max_len_a=1.5, max_len_b=10)
+        started = time.perf_counter()
+        translate_lines(model, src_tok, tgt_tok, lines, batch_size=64, **options)
+        batched = time.perf_counter() - started
+        started = time.perf_counter()
+        translate_lines(model, src_tok, tgt_tok, lines[:100], batch_size=1, **options)
+        single = (time.perf_counter() - started) * len(lines) / 100
+        print(f"  beam {beam:2d}: batched {batched:6.2f} s ({len(lines) / batched:6.1f} sent/s) | one at a time "
+              f"{single:6.1f} s ({len(lines) / single:5.1f} sent/s, from 100 sentences) | {single / batched:4.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a trained model directory for the decoding measurements")
+    parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 12])
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.train_steps:
+        training_speed(args.train_steps)
+    decoding_speed(args.model, args.beams)
+
+
+if __name__ == "__main__":
+    main()
