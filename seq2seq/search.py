@@ -83,7 +83,8 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
     """Batched beam search. src: (S, B) right-padded; src_lengths: (B,).
 
     Returns, per sentence, its nbest finished hypotheses, best first, with scores
-    log P / lp(alpha) (alpha = 0: the plain log-probability).
+    log P / lp(alpha) (alpha = 0: the plain log-probability). Sentences that are done leave the batch,
+    so the rest decode in a smaller one.
     """
     batch, k, device = src.shape[1], beam_size, src.device
     memory, state = model.encode(src, src_lengths)
@@ -94,34 +95,39 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
     scores[:, 0] = 0.0  # one live beam per sentence at the start
     tokens = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
     history = torch.empty((batch * k, 0), dtype=torch.long, device=device)
+    active = list(range(batch))  # the corpus sentence behind each row group
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(int(limit.max()) + 1):
         log_probs, state = model.step(tokens, state, memory)
-        log_probs = constrain(log_probs, step, limit, min_len)  # (B * K, V)
-        vocab = log_probs.shape[-1]
-        candidates = (scores.unsqueeze(-1) + log_probs.view(batch, k, vocab)).view(batch, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (B, 2K)
+        log_probs = constrain(log_probs, step, limit, min_len)  # (B' * K, V)
+        vocab, groups = log_probs.shape[-1], len(active)
+        candidates = (scores.unsqueeze(-1) + log_probs.view(groups, k, vocab)).view(groups, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)  # (B', 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
-        finish_ended(finished, done, top_scores[:, :k], top_beam[:, :k], top_token[:, :k], history, k, step, alpha)
-        done |= torch.tensor([len(f) >= k for f in finished], device=device)
+        finish_ended(finished, active, top_scores[:, :k], top_beam[:, :k], top_token[:, :k], history, k, step, alpha)
+        done = torch.tensor([len(finished[i]) >= k for i in active], device=device)  # (B',)
         if done.all():
             break
         # The best k candidates that do not end, per sentence, go on.
         alive_scores = top_scores.masked_fill(top_token == EOS, float("-inf"))
-        alive_scores, order = alive_scores.topk(k, dim=-1)  # (B, K)
-        scores = alive_scores.masked_fill(done.unsqueeze(1), float("-inf"))
-        beams = (top_beam.gather(1, order) + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
-        tokens = top_token.gather(1, order).view(-1)  # (B * K,)
-        history = torch.cat([history[beams], tokens.unsqueeze(1)], dim=1)
-        state = state.select(beams)
+        scores, order = alive_scores.topk(k, dim=-1)  # (B', K)
+        rows = (top_beam.gather(1, order) + torch.arange(groups, device=device).unsqueeze(1) * k).view(-1)
+        tokens = top_token.gather(1, order).view(-1)  # (B' * K,)
+        history = torch.cat([history[rows], tokens.unsqueeze(1)], dim=1)
+        state = state.select(rows)
+        if done.any():  # drop finished sentences from the batch
+            keep = (~done).nonzero().squeeze(1)  # (B'',)
+            keep_rows = (keep.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            active = [active[i] for i in keep.tolist()]
+            scores, tokens, history, limit = scores[keep], tokens[keep_rows], history[keep_rows], limit[keep_rows]
+            state, memory = state.select(keep_rows), memory.select(keep_rows)
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
-def finish_ended(finished, done, scores, beams, tokens, history, k, step, alpha) -> None:
-    """Move candidates that emit </s> (among each sentence's top k) into finished."""
-    ended = (tokens == EOS) & torch.isfinite(scores) & ~done.unsqueeze(1)  # (B, K)
-    for b, j in ended.nonzero().tolist():
-        log_prob = scores[b, j].item()
-        body = tuple(history[b * k + beams[b, j].item()].tolist())
-        finished[b].append(Hypothesis(body, log_prob / length_penalty(step + 1, alpha), log_prob))
+def finish_ended(finished, active, scores, beams, tokens, history, k, step, alpha) -> None:
+    """Move candidates that emit </s> (among each sentence's top k) into finished[sentence]."""
+    ended = (tokens == EOS) & torch.isfinite(scores)  # (B', K)
+    for group, j in ended.nonzero().tolist():
+        log_prob = scores[group, j].item()
+        body = tuple(history[group * k + beams[group, j].item()].tolist())
+        finished[active[group]].append(Hypothesis(body, log_prob / length_penalty(step + 1, alpha), log_prob))
