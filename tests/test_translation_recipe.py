@@ -136,3 +136,14 @@ def test_joint_vocabulary_is_one_model_for_both_sides(tmp_path):
     src_tok, tgt_tok = wmt.tokenizers(data, pairs, tmp_path)
     assert src_tok is tgt_tok and (tmp_path / "tokenizers" / "joint.model").is_file()
     assert src_tok.decode(src_tok.encode(["Fr4 fr5."])) == ["Fr4 fr5."]
+
+
+def test_same_seed_same_run(trained, tmp_path):
+    root, _, _ = trained
+    common = ["--preset", "tiny", "--train-prefix", str(root / "train"), "--valid-prefix", str(root / "valid"),
+              "--test-prefix", str(root / "test"), "--max-steps", "12"]
+    a = wmt.main([*common, "--output-dir", str(tmp_path / "a"), "--seed", "3"])
+    b = wmt.main([*common, "--output-dir", str(tmp_path / "b"), "--seed", "3"])
+    c = wmt.main([*common, "--output-dir", str(tmp_path / "c"), "--seed", "4"])
+    assert a["dev"][-1]["ppl"] == b["dev"][-1]["ppl"] and a["test_ppl"] == b["test_ppl"]
+    assert a["dev"][-1]["ppl"] != c["dev"][-1]["ppl"]
