@@ -177,7 +177,7 @@ def translation_demo() -> TranslationPreset:
         model=TranslatorConfig(src_vocab_size=0, tgt_vocab_size=0, embedding_size=256, hidden_size=256,
                                num_layers=2, dropout=0.3, dropout_mode="zaremba", init_scale=0.1,
                                reverse_source=True, attention=True, input_feeding=False, tie_embeddings=True),
-        training=TranslationTraining(optimizer="adam", lr=2e-3, schedule="linear", warmup_steps=200, epochs=7,
+        training=TranslationTraining(optimizer="adam", lr=2e-3, schedule="linear", warmup_steps=200, epochs=6,
                                      max_tokens=2500, max_sentences=None, normalize_by="tokens",
                                      max_grad_norm=1.0, label_smoothing=0.1, eval_every=500),
         data=TranslationData(dataset=None, dataset_config=None, max_train_pairs=None, train_prefix="data/multi30k/train",
