@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 import seq2seq
 from seq2seq.checkpoint import save_model, write_json
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines, window, window_starts
+from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.language_model import LanguageModel, evaluate_nll
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     training = preset.training
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
+    use_cpu_cores(accelerator)
     started = time.time()
 
     # Data and vocabulary: 10k words from the training file; streams cut into B parallel columns.

@@ -29,6 +29,7 @@ from seq2seq.checkpoint import atomic_write, load_weights, save_model, write_jso
 from seq2seq.data.batching import token_batches
 from seq2seq.data.encoded import EncodedPairs
 from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, take
+from seq2seq.devices import use_cpu_cores
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive
 from seq2seq.metrics import corpus_scores
 from seq2seq.plots import plot_curves
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
                               gradient_accumulation_steps=training.gradient_accumulation_steps,
                               log_with="tensorboard" if tensorboard_available() else None)
     set_seed(args.seed, device_specific=True)
+    use_cpu_cores(accelerator)
     started = time.time()
 
     # Data and vocabulary.
