@@ -59,13 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bundled(path: str | None) -> str | None:
+    """A preset's relative paths (bundled data, tokenizers) are relative to the repository, not the CWD."""
+    return None if path is None or Path(path).is_absolute() else str(ROOT / path)
+
+
 def choose_preset(args: argparse.Namespace) -> TranslationPreset:
     preset = TRANSLATION_PRESETS[args.preset]()
     data, training = preset.data, preset.training
+    data = dataclasses.replace(data, train_prefix=bundled(data.train_prefix), valid_prefix=bundled(data.valid_prefix),
+                               test_prefix=bundled(data.test_prefix), tokenizer_dir=bundled(data.tokenizer_dir))
     if args.dataset or args.train_prefix:  # explicit data replaces the preset's source entirely
         data = dataclasses.replace(data, dataset=args.dataset, dataset_config=args.dataset_config,
                                    train_prefix=args.train_prefix, valid_prefix=args.valid_prefix,
-                                   test_prefix=args.test_prefix)
+                                   test_prefix=args.test_prefix, tokenizer_dir=None)  # new data, new vocabulary
     if args.max_train_pairs:
         data = dataclasses.replace(data, max_train_pairs=args.max_train_pairs)
     if args.epochs:
