@@ -284,10 +284,13 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
             elapsed = state["train_time"] + time.time() - tick
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{state['tokens'] / elapsed:.0f}", refresh=False)
             accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
-            if state["step"] % training.eval_every == 0 or state["step"] == total:
+            if state["step"] % training.eval_every == 0:
                 state["train_time"] += time.time() - tick
                 dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, epoch + position / per_epoch)
                 tick = time.time()
+    state["train_time"] += time.time() - tick
+    if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
+        dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, epoch + position / per_epoch)
     progress.close()
     return state
 
