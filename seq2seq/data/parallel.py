@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -105,7 +105,6 @@ class CleaningReport:
     empty: int = 0
     too_long: int = 0
     bad_ratio: int = 0
-    examples: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (f"kept {self.kept} pairs; removed {self.empty} empty, {self.too_long} over the length limit, "
