@@ -186,7 +186,8 @@ def translate(model, corpus: EncodedPairs, tgt_tok: Tokenizer, decoding, acceler
     return [text for _, text in sorted(dict(gathered).items())]
 
 
-def evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam: bool, split="valid") -> dict:
+def evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam: bool, split="valid") -> tuple[dict, list[str]]:
+    """Scores (BLEU, chrF, signatures, perplexity) of a split and its hypotheses in corpus order."""
     unwrapped = accelerator.unwrap_model(model)
     hypotheses = translate(unwrapped, encoded[split], tgt_tok, preset.decoding, accelerator, beam)
     scores = corpus_scores(hypotheses, [pair[1] for pair in splits[split]])

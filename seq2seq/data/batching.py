@@ -26,10 +26,6 @@ class Batch:
     def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out, self.index)))
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.src_lengths.sum())
-
 
 def collate(src: list[list[int]], tgt: list[list[int]], index: list[int]) -> Batch:
     """Pad one batch: sources get </s>, targets are shifted by <s>/</s>."""
