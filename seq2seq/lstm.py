@@ -7,6 +7,9 @@ Zaremba et al. (2014), Eq. in Sec. 3.1, with PyTorch's gate order (i, f, g, o):
 D (dropout) touches only the vertical input h^{l-1}_t, so `zaremba` and `none` run every layer on the
 fused kernel (nn.LSTM: cuDNN on GPU, oneDNN on CPU). `variational` and `naive` also mask h_{t-1} inside
 the recurrence, which a fused kernel cannot do: they run a step loop over the same weights.
+
+Bidirectional layers (for encoders and acoustic models) give each direction hidden_size / 2 units and
+concatenate them, so every layer's output and state keep the width hidden_size.
 """
 
 from __future__ import annotations
@@ -42,17 +45,30 @@ def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return h, c
 
 
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each column's first lengths[b] steps, leaving its padding at the end. x: (T, B, ...)."""
+    if lengths is None:
+        return x.flip(0)
+    positions = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+    source = lengths.to(x.device).unsqueeze(0) - 1 - positions  # (T, B)
+    source = torch.where(source >= 0, source, positions.expand_as(source))
+    return x.gather(0, source.view(*source.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
 def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None,
-                    lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                    lengths: Tensor | None = None, suffix: str = "l0") -> tuple[Tensor, Tensor, Tensor]:
     """Run one single-layer nn.LSTM's weights step by step with h_{t-1} multiplied by h_mask.
 
     x: (T, B, D) already-masked input; h, c: (B, H); h_mask: (T, B, H) fresh per step, (1, B, H)
-    shared, or None; lengths: (B,) valid steps per sequence (state frozen and output zero after).
+    shared, or None; lengths: (B,) valid steps per sequence (state frozen and output zero after);
+    suffix: "l0", or "l0_reverse" for the backward direction's weights (x then comes reversed).
     Returns y (T, B, H) and the final h, c.
     """
+    weight_ih, weight_hh = getattr(lstm, f"weight_ih_{suffix}"), getattr(lstm, f"weight_hh_{suffix}")
+    bias = getattr(lstm, f"bias_ih_{suffix}") + getattr(lstm, f"bias_hh_{suffix}")
     # The input half of every gate does not depend on t: one large matrix product for all steps.
-    x_proj = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (T, B, 4H)
-    w_hh_t = lstm.weight_hh_l0.t()  # (H, 4H)
+    x_proj = nn.functional.linear(x, weight_ih, bias)  # (T, B, 4H)
+    w_hh_t = weight_hh.t()  # (H, 4H)
     outputs = []
     for t in range(x.shape[0]):
         h_in = h if h_mask is None else h * h_mask[t if h_mask.shape[0] > 1 else 0]
@@ -73,13 +89,17 @@ class StackedLSTM(nn.Module):
     single-layer nn.LSTM per layer), so a model trained with one placement loads under another.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0, dropout_mode: str = "zaremba"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0,
+                 dropout_mode: str = "zaremba", bidirectional: bool = False):
         super().__init__()
         check_dropout(dropout, dropout_mode)
+        if bidirectional and hidden_size % 2:
+            raise ValueError(f"a bidirectional LSTM needs an even hidden_size, got {hidden_size}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.dropout, self.dropout_mode = dropout, dropout_mode
+        self.dropout, self.dropout_mode, self.bidirectional = dropout, dropout_mode, bidirectional
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.LSTM(d, hidden_size) for d in sizes)
+        units = hidden_size // 2 if bidirectional else hidden_size
+        self.layers = nn.ModuleList(nn.LSTM(d, units, bidirectional=bidirectional) for d in sizes)
 
     def input_sizes(self) -> list[int]:
         return [layer.input_size for layer in self.layers]
@@ -114,6 +134,8 @@ class StackedLSTM(nn.Module):
             h, c = h0[layer_index], c0[layer_index]
             if fused:
                 x, (h, c) = self._run_fused(layer, x, h, c, lengths)
+            elif self.bidirectional:
+                x, h, c = self._run_loop_bidirectional(layer, x, h, c, masks.recurrent[layer_index], lengths)
             else:
                 x, h, c = recurrent_layer(x, h, c, layer, masks.recurrent[layer_index], lengths)
             hs.append(h)
@@ -127,11 +149,33 @@ class StackedLSTM(nn.Module):
         if not _fused_bf16_ok(x):
             with torch.autocast("cpu", enabled=False):
                 return StackedLSTM._run_fused(layer, x.float(), h.float(), c.float(), lengths)
-        state = (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous())
+        state = (_directions(h, layer), _directions(c, layer))  # each (directions, B, units)
         if lengths is None:
             y, (h, c) = layer(x, state)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
             y, (h, c) = layer(packed, state)
             y, _ = pad_packed_sequence(y, total_length=x.shape[0])
-        return y, (h[0], c[0])
+        return y, (torch.cat(list(h), dim=-1), torch.cat(list(c), dim=-1))  # h, c: (B, H)
+
+    @staticmethod
+    def _run_loop_bidirectional(layer: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, h_mask: Tensor | None,
+                                lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Both directions of one layer as step loops; each direction gets its half of h, c and h_mask
+        (a per-step mask indexed by the time step it reads, so the backward half is reversed with x)."""
+        half = layer.hidden_size
+        masks = (None, None)
+        if h_mask is not None:
+            backward = h_mask[..., half:]
+            masks = (h_mask[..., :half], backward if backward.shape[0] == 1 else reverse_padded(backward, lengths))
+        y_f, h_f, c_f = recurrent_layer(x, h[:, :half], c[:, :half], layer, masks[0], lengths)
+        y_b, h_b, c_b = recurrent_layer(reverse_padded(x, lengths), h[:, half:], c[:, half:], layer, masks[1],
+                                        lengths, suffix="l0_reverse")
+        y = torch.cat([y_f, reverse_padded(y_b, lengths)], dim=-1)  # (T, B, H)
+        return y, torch.cat([h_f, h_b], dim=-1), torch.cat([c_f, c_b], dim=-1)
+
+
+def _directions(state: Tensor, layer: nn.LSTM) -> Tensor:
+    """(B, H) -> (directions, B, H / directions), the layout nn.LSTM expects for one layer."""
+    directions = 2 if layer.bidirectional else 1
+    return state.view(state.shape[0], directions, -1).transpose(0, 1).contiguous()

@@ -3,7 +3,8 @@ et al. (2014), Sec. 4.2: dropout on embedding -> encoder, between layers, and de
 
 The decoder starts from the encoder's final (h, c) of every layer. The source is read reversed
 (Sutskever et al. Sec. 3.3: it puts the first source words next to the first target words).
-Optional: Luong global attention, with or without input feeding, and tied decoder embeddings.
+Optional: Luong global attention, with or without input feeding, tied decoder embeddings, and a
+bidirectional encoder (each layer's final state is [forward; backward], so the decoder's init keeps its shape).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from .attention import LuongAttention
 from .dropout import check_dropout
-from .lstm import StackedLSTM
+from .lstm import StackedLSTM, reverse_padded
 from .softmax import linear_cross_entropy
 from .tokenizer import PAD
 
@@ -36,6 +37,7 @@ class TranslatorConfig:
     attention: bool = False
     input_feeding: bool = False
     tie_embeddings: bool = False
+    bidirectional_encoder: bool = False
 
     def __post_init__(self):
         check_dropout(self.dropout, self.dropout_mode)
@@ -72,21 +74,14 @@ class DecoderState:
         return DecoderState(self.h[:, index], self.c[:, index], None if self.feed is None else self.feed[index])
 
 
-def reverse_padded(tokens: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each column's first lengths[b] tokens, leaving its padding at the end. tokens: (S, B)."""
-    positions = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1)  # (S, 1)
-    source = lengths.unsqueeze(0) - 1 - positions  # (S, B)
-    source = torch.where(source >= 0, source, positions.expand_as(source))
-    return tokens.gather(0, source)
-
-
 class Translator(nn.Module):
     def __init__(self, config: TranslatorConfig):
         super().__init__()
         self.config = c = config
         self.src_embedding = nn.Embedding(c.src_vocab_size, c.embedding_size)
         self.tgt_embedding = nn.Embedding(c.tgt_vocab_size, c.embedding_size)
-        self.encoder = StackedLSTM(c.embedding_size, c.hidden_size, c.num_layers, c.dropout, c.dropout_mode)
+        self.encoder = StackedLSTM(c.embedding_size, c.hidden_size, c.num_layers, c.dropout, c.dropout_mode,
+                                   bidirectional=c.bidirectional_encoder)
         decoder_input = c.embedding_size + (c.hidden_size if c.input_feeding else 0)
         self.decoder = StackedLSTM(decoder_input, c.hidden_size, c.num_layers, c.dropout, c.dropout_mode)
         self.attention = LuongAttention(c.hidden_size) if c.attention else None

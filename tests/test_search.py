@@ -8,7 +8,8 @@ from seq2seq.search import beam_search, greedy_search, length_penalty
 from seq2seq.tokenizer import BOS, EOS, PAD, UNK
 from seq2seq.translator import Translator, TranslatorConfig
 
-VARIANTS = [dict(attention=False), dict(attention=True), dict(attention=True, input_feeding=True)]
+VARIANTS = [dict(attention=False), dict(attention=True), dict(attention=True, input_feeding=True),
+            dict(attention=True, bidirectional_encoder=True)]
 
 
 def model_with(variant, tgt_vocab=9, seed=0):

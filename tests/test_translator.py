@@ -3,12 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq.tokenizer import BOS, EOS, PAD
-from seq2seq.translator import Translator, TranslatorConfig, reverse_padded
+from seq2seq.lstm import reverse_padded
+from seq2seq.translator import Translator, TranslatorConfig
 
 VARIANTS = {
     "paper": dict(attention=False),
     "attention": dict(attention=True),
     "input_feeding": dict(attention=True, input_feeding=True),
+    "bidirectional": dict(attention=True, input_feeding=True, bidirectional_encoder=True),
 }
 
 
