@@ -109,3 +109,22 @@ def test_reverse_padded_keeps_padding_in_place():
 def test_odd_hidden_size_is_refused():
     with pytest.raises(ValueError, match="even hidden_size"):
         StackedLSTM(D, 7, 1, bidirectional=True)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("mode", ["zaremba", "variational"])
+def test_outputs_only_path_equals_packed_path(bidirectional, mode):
+    """final_state=False skips packing; its outputs and gradients must equal the packed path's."""
+    torch.manual_seed(0)
+    lstm = StackedLSTM(D, H, L, dropout=0.3, dropout_mode=mode, bidirectional=bidirectional)
+    x = torch.randn(T, B, D, requires_grad=True)
+    lengths = torch.tensor([6, 3, 5])
+    masks = lstm.sample_masks(T, B)
+    packed, _ = lstm(x, masks=masks, lengths=lengths)
+    (grad_packed,) = torch.autograd.grad(packed.pow(2).sum(), x)
+    unpacked, state = lstm(x, masks=masks, lengths=lengths, final_state=False)
+    (grad_unpacked,) = torch.autograd.grad(unpacked.pow(2).sum(), x)
+    assert state is None
+    torch.testing.assert_close(unpacked, packed, atol=ATOL, rtol=0)
+    torch.testing.assert_close(grad_unpacked, grad_packed, atol=ATOL, rtol=0)
+    assert (unpacked[3:, 1] == 0).all()
