@@ -1,0 +1,174 @@
+"""Resumable training: checkpoints that restore a run exactly, and the guards around a training loop.
+
+A checkpoint OUTPUT/checkpoints/step-NNNNNNNNN/ holds
+    model.safetensors   the weights (safetensors, no pickle)
+    optimizer.pt        optimizer and mixed-precision scaler state (read with weights_only=True)
+    rank-R.pt           process R's RNG states (torch, CUDA, Python) and its carried tensors
+    progress.json       step, epoch, position in the epoch, history, best score
+It is written under a temporary name and renamed into place, so a crash never leaves half a
+checkpoint; the last `keep` are kept. With the data order a pure function of (seed, epoch), these
+restore a run mid-epoch to the bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model as safetensors_save_model
+
+from .checkpoint import load_weights, write_json
+from .errors import UserError
+
+RUN_FILE = "run.json"
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+
+
+def safe_load(path: Path) -> dict:
+    """torch.load restricted to tensors and plain containers: a pickle that would run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"{path}: refused to load, it holds more than tensors and plain values ({first})") from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"{path}: unreadable training state ({error})") from None
+
+
+class Checkpointer:
+    """Save and restore OUTPUT/checkpoints/step-N; every process takes part, the main one writes."""
+
+    def __init__(self, output_dir: Path, accelerator, keep: int = 3):
+        self.root, self.accelerator, self.keep = Path(output_dir) / "checkpoints", accelerator, keep
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("step-*") if (p / "progress.json").is_file())
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def save(self, model, optimizer, progress: dict, tensors: dict | None = None) -> Path:
+        acc = self.accelerator
+        final = self.root / f"step-{progress['step']:09d}"
+        temporary = self.root / f".{final.name}.partial"
+        if acc.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+            safetensors_save_model(acc.unwrap_model(model), str(temporary / "model.safetensors"))
+            scaler = acc.scaler.state_dict() if getattr(acc, "scaler", None) is not None else {}
+            torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler}, temporary / "optimizer.pt")
+        acc.wait_for_everyone()
+        torch.save({"rng": rng_state(), "tensors": tensors or {}}, temporary / f"rank-{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_json(temporary / "progress.json", {**progress, "num_processes": acc.num_processes})
+            shutil.rmtree(final, ignore_errors=True)
+            temporary.rename(final)
+            for old in self.complete()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path, model, optimizer) -> tuple[dict, dict]:
+        """Restore model, optimizer, scaler and this process's RNG; returns (progress, carried tensors)."""
+        acc = self.accelerator
+        progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+        if progress.get("num_processes", 1) != acc.num_processes:
+            raise UserError(f"{path} was written by {progress['num_processes']} process(es); resume it with "
+                            f"the same number (now {acc.num_processes})")
+        load_weights(path, acc.unwrap_model(model))
+        state = safe_load(path / "optimizer.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] and getattr(acc, "scaler", None) is not None:
+            acc.scaler.load_state_dict(state["scaler"])
+        mine = safe_load(path / f"rank-{acc.process_index}.pt")
+        set_rng_state(mine["rng"])
+        return progress, mine["tensors"]
+
+
+def check_run(output_dir: Path, run: dict, accelerator) -> None:
+    """OUTPUT/run.json records what a run's checkpoints were made with. Resuming from checkpoints made
+    with a different configuration would silently mix two runs: refuse, naming the fields."""
+    path = Path(output_dir) / RUN_FILE
+    run = json.loads(json.dumps(run))  # tuples -> lists, as read back
+    if path.is_file() and Checkpointer(output_dir, accelerator).latest() is not None:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        differ = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+        if differ:
+            raise UserError(f"{output_dir} holds checkpoints of another run (different {', '.join(differ)}); "
+                            f"use a new --output-dir or the original settings")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(path, run)
+
+
+class Interruption:
+    """Turn SIGTERM and Ctrl-C into a flag the training loop checks between steps, so that it can save
+    a checkpoint and stop cleanly instead of dying mid-write. All processes agree on the flag."""
+
+    def __init__(self, accelerator):
+        self.accelerator, self.signal = accelerator, None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._catch) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _catch(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        flag = torch.tensor([0.0 if self.signal is None else 1.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, "max")
+        return bool(flag.item())
+
+
+def check_finite(loss: torch.Tensor, step: int, accelerator, checkpointer: Checkpointer) -> None:
+    """Stop before a non-finite loss reaches the weights, pointing at the last good checkpoint."""
+    value = loss.detach().float().reshape(1)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, "sum")
+    if not torch.isfinite(value).all():
+        latest = checkpointer.latest()
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        raise UserError(f"the training loss became {value.item()} at step {step}; stopped before updating the "
+                        f"weights, {kept}; lower the learning rate or check the data")
+
+
+def resume(checkpointer: Checkpointer, explicit: Path | None, model, optimizer, fresh: dict) -> tuple[dict, dict]:
+    """Continue from `explicit` (a checkpoint dir), else from the output dir's latest checkpoint, else
+    start with `fresh` progress. Returns (progress, carried tensors)."""
+    if explicit is not None and not (Path(explicit) / "progress.json").is_file():
+        raise UserError(f"{explicit}: not a checkpoint directory (no progress.json) (--resume)")
+    path = Path(explicit) if explicit is not None else checkpointer.latest()
+    if path is None:
+        return fresh, {}
+    progress, tensors = checkpointer.load(path, model, optimizer)
+    checkpointer.accelerator.print(f"resuming from {path}: step {progress['step']}, epoch {progress['epoch']}, "
+                                   f"batch {progress['position']} of that epoch")
+    return progress, tensors
