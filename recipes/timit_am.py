@@ -1,0 +1,330 @@
+"""TIMIT acoustic modelling with a regularised stacked LSTM: Zaremba et al. (2014), Sec. 4.3, on the
+TIMIT layout (the LDC corpus, or any corpus stored like it).
+
+    python recipes/timit_am.py --timit-root ../shared/data/timit-synth --output-dir runs/timit
+    accelerate launch recipes/timit_am.py --timit-root /data/TIMIT --output-dir runs/timit --objective ctc
+    python recipes/timit_am.py --eval-only --model runs/timit/model --timit-root /data/TIMIT
+
+Reads top to bottom like the paper: corpus and speaker splits -> filterbank features -> the LSTM with
+dropout on its vertical connections -> training -> per-epoch dev scores -> test frame accuracy / PER.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+import time
+from pathlib import Path
+
+import accelerate
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+import seq2seq
+from seq2seq.acoustic_model import OBJECTIVES, AcousticModel, AcousticModelConfig
+from seq2seq.checkpoint import load_weights, read_config, save_model, write_json
+from seq2seq.data.batching import token_batches
+from seq2seq.devices import use_cpu_cores
+from seq2seq.dropout import DROPOUT_MODES
+from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
+from seq2seq.plots import plot_curves
+from seq2seq.presets import ACOUSTIC_PRESETS, AcousticPreset
+from seq2seq.speech.ctc import beam_decode, greedy_decode
+from seq2seq.speech.features import (IGNORE, FeatureConfig, FeatureSet, cached_extract, mean_and_inv_std,
+                                     normalize_per_speaker)
+from seq2seq.speech.phones import FOLD_48_TO_39, collapse
+from seq2seq.speech.scoring import phone_error_rate
+from seq2seq.speech.timit import find_utterances, split_speakers
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(description="Train (or score) a TIMIT LSTM acoustic model.")
+    parser.add_argument("--timit-root", type=Path, required=True, help="holds TRAIN/ and TEST/ (any letter case)")
+    parser.add_argument("--output-dir", type=Path, help="default: runs/timit-PRESET-OBJECTIVE")
+    parser.add_argument("--preset", choices=ACOUSTIC_PRESETS, default="default")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="frame",
+                        help="frame: framewise cross-entropy (the paper); ctc: CTC with phone error rate")
+    parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="override the preset's placement")
+    parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
+    parser.add_argument("--epochs", type=positive(int))
+    parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT/features)")
+    parser.add_argument("--checkpoint-every", type=positive(int), default=200, help="steps between checkpoints")
+    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
+    parser.add_argument("--eval-only", action="store_true", help="score --model on the test split and exit")
+    parser.add_argument("--model", type=Path, help="a trained model dir (with --eval-only)")
+    args = parser.parse_args(argv)
+    if args.eval_only and args.model is None:
+        parser.error("--eval-only needs --model DIR")
+    return args
+
+
+def choose_preset(args: argparse.Namespace) -> AcousticPreset:
+    preset = ACOUSTIC_PRESETS[args.preset]()
+    overrides = {"objective": args.objective, "dropout": args.dropout, "dropout_mode": args.dropout_mode}
+    model = dataclasses.replace(preset.model, **{k: v for k, v in overrides.items() if v is not None})
+    training = preset.training if args.epochs is None else dataclasses.replace(preset.training, epochs=args.epochs)
+    return dataclasses.replace(preset, model=model, training=training)
+
+
+# --- Corpus and features ---
+
+def load_features(root: Path, features: FeatureConfig, cache_dir: Path, splits_wanted, accelerator
+                  ) -> dict[str, FeatureSet]:
+    """Features of the wanted splits, extracted once (main process first) and then read from the cache."""
+    split, how = split_speakers(find_utterances(root))
+    accelerator.print(f"{root}: {how}; " + ", ".join(f"{k} {len(v)} utterances" for k, v in split.items()))
+    for name in splits_wanted:
+        if not split[name]:
+            raise UserError(f"{root}: the {name} split is empty (TIMIT needs TRAIN/ and TEST/ speakers)")
+    data = {}
+    with accelerator.main_process_first():
+        for name in splits_wanted:
+            data[name] = cached_extract(split[name], features, cache_dir, name)
+    if features.normalization == "speaker":
+        data = {name: normalize_per_speaker(d) for name, d in data.items()}
+    return data
+
+
+def batch_of(data: FeatureSet, indices: list[int], device) -> dict:
+    """Right-padded time-major features (T, B, D), lengths (B,), frame labels (T, B) with IGNORE at
+    padding, phone targets (B, P) and their lengths."""
+    rows = [data.utterance(i) for i in indices]
+    pad = torch.nn.utils.rnn.pad_sequence
+    return {
+        "features": pad([r[0] for r in rows]).to(device),
+        "lengths": torch.tensor([len(r[0]) for r in rows], device=device),
+        "labels": pad([r[1] for r in rows], padding_value=IGNORE).to(device),
+        "phones": pad([r[2] for r in rows], batch_first=True).to(device),
+        "phone_lengths": torch.tensor([len(r[2]) for r in rows], device=device),
+    }
+
+
+def batches(data: FeatureSet, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[list[int]]:
+    """Utterances of similar length together, a seeded order per epoch."""
+    lengths = data.lengths()
+    return token_batches(lengths, lengths, 10**12, max_sentences=size, seed=seed, epoch=epoch, shuffle=shuffle)
+
+
+# --- Scoring: frame accuracy on 39 classes, phone error rate on 39 classes ---
+
+@torch.no_grad()
+def evaluate(model, data: FeatureSet, preset: AcousticPreset, accelerator, beam: bool = False) -> dict:
+    """Loss, frame accuracy (frame objective) and PER over every utterance, gathered from all processes."""
+    model.eval()
+    unwrapped, fold = accelerator.unwrap_model(model), torch.tensor(FOLD_48_TO_39)
+    mine = batches(data, 16, shuffle=False)[accelerator.process_index :: accelerator.num_processes]
+    rows = []  # (utterance index, correct frames, scored frames, hypothesis, reference)
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed loss, its normaliser
+    for indices in mine:
+        batch = batch_of(data, indices, accelerator.device)
+        logits = unwrapped(batch["features"], batch["lengths"])  # (T, B, C)
+        loss, count = unwrapped.loss(logits, batch["lengths"], batch["labels"], batch["phones"], batch["phone_lengths"])
+        totals += torch.stack([loss.double(), count.double()])
+        for b, i in enumerate(indices):
+            rows.append((i, *score_utterance(logits[:, b].cpu(), int(batch["lengths"][b]), batch["labels"][:, b].cpu(),
+                                             data.utterance(i)[2].tolist(), unwrapped.config.objective, fold,
+                                             preset.training.beam_size if beam else 0)))
+    rows = sorted(gather_object(rows))  # corpus order, every utterance once
+    totals = accelerator.reduce(totals, "sum")
+    model.train()
+    scored = sum(r[2] for r in rows)
+    result = {"loss": totals[0].item() / max(1.0, totals[1].item()),
+              "per": phone_error_rate([r[3] for r in rows], [r[4] for r in rows]),
+              "utterances": len({r[0] for r in rows}), "scored_frames": scored}
+    if unwrapped.config.objective == "frame":
+        result["frame_accuracy"] = 100.0 * sum(r[1] for r in rows) / max(1, scored)
+    return result
+
+
+def score_utterance(logits, length, labels, reference, objective, fold, beam_size) -> tuple[int, int, list, list]:
+    """Correct and scored frames on 39 classes, and the hypothesis phone sequence (48-class indices)."""
+    if objective == "ctc":
+        log_probs = torch.log_softmax(logits.float(), -1)
+        hypothesis = beam_decode(log_probs, length, beam_size) if beam_size else greedy_decode(log_probs, length)
+        return 0, 0, hypothesis, reference
+    predicted = logits[:length].argmax(-1)  # (T,)
+    gold = labels[:length]
+    scored = gold != IGNORE
+    correct = int((fold[predicted][scored] == fold[gold[scored]]).sum())
+    return correct, int(scored.sum()), collapse(predicted.tolist()), reference
+
+
+# --- Training ---
+
+def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -> dict:
+    training, corpus = preset.training, data["train"]
+    per_epoch = len(batches(corpus, training.batch_size)) // accelerator.num_processes
+    total = min(per_epoch * training.epochs, args.max_steps or 10**12)
+    checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
+    fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "best": None, "train_time": 0.0, "frames": 0}
+    state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+                    mininterval=2.0)
+    tick = time.time()
+    with progress, Interruption(accelerator) as interruption:
+        while state["epoch"] < training.epochs and state["step"] < total:
+            order = batches(corpus, training.batch_size, args.seed, state["epoch"])
+            mine = order[accelerator.process_index :: accelerator.num_processes][:per_epoch]
+            while state["position"] < per_epoch and state["step"] < total:
+                batch = batch_of(corpus, mine[state["position"]], accelerator.device)
+                loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
+                state["step"] += 1
+                state["position"] += 1
+                state["frames"] += int(batch["lengths"].sum()) * accelerator.num_processes
+                elapsed = state["train_time"] + time.time() - tick
+                progress.update(1)
+                progress.set_postfix(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
+                                     frames_s=f"{state['frames'] / elapsed:.0f}", refresh=False)
+                stop = interruption.requested()
+                if stop or state["step"] % args.checkpoint_every == 0:
+                    state["train_time"] += time.time() - tick
+                    path = checkpointer.save(model, optimizer, state)
+                    tick = time.time()
+                    if stop:
+                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
+                                        f"checkpoint saved in {path}; run the same command again to resume")
+            state["train_time"] += time.time() - tick
+            if state["position"] >= per_epoch:
+                state["epoch"], state["position"] = state["epoch"] + 1, 0
+            end_of_epoch(model, data, preset, accelerator, output_dir, state, progress)
+            checkpointer.save(model, optimizer, state)
+            tick = time.time()
+    progress.close()
+    return state
+
+
+def train_step(model, optimizer, batch, training, accelerator, step: int, checkpointer) -> float:
+    unwrapped = accelerator.unwrap_model(model)
+    logits = model(batch["features"], batch["lengths"])
+    loss, count = unwrapped.loss(logits, batch["lengths"], batch["labels"], batch["phones"], batch["phone_lengths"])
+    loss = loss / count.clamp_min(1)
+    check_finite(loss, step, accelerator, checkpointer)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def end_of_epoch(model, data, preset, accelerator, output_dir, state, progress) -> None:
+    """Dev scores; the best model (frame accuracy, or -PER under CTC) goes to OUTPUT/model."""
+    dev = evaluate(model, data["dev"], preset, accelerator)
+    row = {"epoch": state["epoch"], "step": state["step"], **{f"dev_{k}": v for k, v in dev.items()}}
+    state["history"].append(row)
+    score = dev.get("frame_accuracy", -dev["per"])
+    improved = state["best"] is None or score > state["best"]
+    if improved:
+        state["best"] = score
+        if accelerator.is_main_process:
+            save_acoustic_model(output_dir / "model", accelerator.unwrap_model(model), preset)
+    if accelerator.is_main_process:
+        accuracy = f"frame acc {dev['frame_accuracy']:.2f}% | " if "frame_accuracy" in dev else ""
+        progress.write(f"epoch {state['epoch']:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
+                       f"{' *' if improved else ''}")
+
+
+def save_acoustic_model(directory: Path, model: AcousticModel, preset: AcousticPreset) -> None:
+    save_model(directory, model, model.config, extra={"features": dataclasses.asdict(preset.features),
+                                                      "preset": preset.name})
+
+
+def load_acoustic_model(directory: Path) -> tuple[AcousticModel, FeatureConfig]:
+    config = read_config(directory)
+    if config.get("kind") != "AcousticModel":
+        raise UserError(f"{directory}: not an acoustic model (config.json kind is {config.get('kind')!r})")
+    model = AcousticModel(AcousticModelConfig(**config["model"]))
+    load_weights(directory, model)
+    return model.eval(), FeatureConfig(**config["features"])
+
+
+# --- The experiment ---
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed, device_specific=True)
+    use_cpu_cores(accelerator)
+    if args.eval_only:
+        return eval_only(args, accelerator)
+    preset = choose_preset(args)
+    output_dir = args.output_dir or Path("runs") / f"timit-{preset.name}-{preset.model.objective}"
+    started = time.time()
+
+    # Corpus, speaker splits and features (cached); global normalisation from training frames only.
+    data = load_features(args.timit_root, preset.features, args.cache_dir or output_dir / "features",
+                         ("train", "dev", "test"), accelerator)
+    model = AcousticModel(preset.model)
+    if preset.features.normalization == "global":
+        model.input_mean, model.input_inv_std = mean_and_inv_std(data["train"].features)
+    accelerator.print(f"{preset.name}: {preset.model}\n{preset.features}\n{preset.training}\n"
+                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=preset.training.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
+                           "timit_root": str(args.timit_root.resolve())}, accelerator)
+
+    state = train(model, optimizer, data, preset, args, accelerator, output_dir)
+
+    # Test: the best model by dev score, with beam search under CTC.
+    best_dir = output_dir / "model"
+    if accelerator.is_main_process and not (best_dir / "model.safetensors").is_file():
+        save_acoustic_model(best_dir, accelerator.unwrap_model(model), preset)
+    accelerator.wait_for_everyone()
+    load_weights(best_dir, accelerator.unwrap_model(model))
+    test = evaluate(model, data["test"], preset, accelerator, beam=True)
+    wall_time = time.time() - started
+    results = {**test, "dev": state["history"], "steps": state["step"], "train_time_s": state["train_time"],
+               "wall_time_s": wall_time, "train_frames": len(data["train"].features),
+               "config": dataclasses.asdict(preset), "seed": args.seed, "num_processes": accelerator.num_processes,
+               "command": " ".join(sys.argv), "versions": versions()}
+    accelerator.print(f"test: {describe(test)} | {wall_time:.0f} s")
+    if accelerator.is_main_process:
+        write_json(output_dir / "results.json", results)
+        plot(output_dir / "curves.png", state["history"], preset, test)
+    return results
+
+
+def eval_only(args, accelerator) -> dict:
+    model, features = load_acoustic_model(args.model)
+    preset = dataclasses.replace(ACOUSTIC_PRESETS["default"](), features=features, model=model.config)
+    cache = args.cache_dir or args.model.parent / "features"
+    data = load_features(args.timit_root, features, cache, ("test",), accelerator)
+    model = accelerator.prepare(model)
+    test = evaluate(model, data["test"], preset, accelerator, beam=True)
+    accelerator.print(f"test: {describe(test)}")
+    results = {**test, "model": str(args.model), "timit_root": str(args.timit_root), "versions": versions()}
+    if args.output_dir and accelerator.is_main_process:
+        write_json(args.output_dir / "results.json", results)
+    return results
+
+
+def describe(scores: dict) -> str:
+    accuracy = f"frame accuracy {scores['frame_accuracy']:.2f}% | " if "frame_accuracy" in scores else ""
+    return f"{accuracy}PER {scores['per']:.2f}% | loss {scores['loss']:.3f}"
+
+
+def versions() -> dict:
+    return {"seq2seq": seq2seq.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def plot(path: Path, history: list[dict], preset: AcousticPreset, test: dict) -> None:
+    metric = "dev_frame_accuracy" if "frame_accuracy" in test else "dev_per"
+    plot_curves(path, [row["epoch"] for row in history], {metric: [row[metric] for row in history]},
+                xlabel="epoch", ylabel="%", title=f"TIMIT {preset.name}, {preset.model.objective}, "
+                f"{preset.model.dropout_mode} p={preset.model.dropout}: test {describe(test).split(' | ')[0]}")
+
+
+if __name__ == "__main__":
+    main()
