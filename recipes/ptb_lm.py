@@ -33,6 +33,7 @@ from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.schedule import step_decay_lr
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
+    parser.add_argument("--checkpoint-every", type=positive(int), default=1000, help="updates between checkpoints")
+    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
     return parser.parse_args(argv)
 
 
@@ -73,38 +77,99 @@ def shard_columns(data: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
     return data.tensor_split(accelerator.num_processes, dim=1)[accelerator.process_index].to(accelerator.device)
 
 
-def perplexity(model, data: torch.Tensor, unroll: int, accelerator: Accelerator) -> float:
-    """exp(mean NLL per token) over all processes' columns."""
-    nll, tokens = evaluate_nll(model, data, unroll)
+def perplexity(model, stream: torch.Tensor, batch_size: int, unroll: int, accelerator: Accelerator) -> float:
+    """exp(mean NLL per token) of a split cut into batch_size columns, whatever the number of processes:
+    the columns are shared out when they divide evenly, otherwise every process scores them all."""
+    data = batchify(stream, batch_size)
+    if batch_size % accelerator.num_processes:
+        nll, tokens = evaluate_nll(model, data.to(accelerator.device), unroll)
+        return math.exp(nll / tokens)
+    nll, tokens = evaluate_nll(model, shard_columns(data, accelerator), unroll)
     totals = accelerator.reduce(torch.tensor([nll, tokens], dtype=torch.float64, device=accelerator.device), "sum")
     return math.exp(totals[0].item() / totals[1].item())
 
 
-def train_epoch(model, optimizer, data, training, epoch, lr, accelerator, progress, step, max_steps):
-    """One pass of truncated BPTT over data (steps, B), stopping early at global step max_steps.
-    Returns (train ppl, tokens over all processes, global step)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    model.train()
-    state, nll_sum, tokens = None, 0.0, 0
-    for start in window_starts(len(data), training.unroll):
-        inputs, targets = window(data, start, training.unroll)
-        if state is not None:  # the state flows on, its history does not
-            state = tuple(s.detach() for s in state)
-        nll, state = model(inputs, state, targets)
-        loss = nll / inputs.shape[1]  # mean over the batch, summed over the unrolled steps
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-        optimizer.step()
-        if not math.isfinite(loss.item()):
-            raise UserError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch}); lower the learning rate")
-        nll_sum, tokens, step = nll_sum + nll.item(), tokens + targets.numel(), step + 1
-        progress.update(1)
-        progress.set_postfix(epoch=epoch, ppl=f"{math.exp(nll_sum / tokens):.1f}", lr=f"{lr:.4g}", refresh=False)
-        if step == max_steps:
-            break
-    return math.exp(nll_sum / tokens), tokens * accelerator.num_processes, step
+def train_window(model, optimizer, inputs, targets, hidden, training, accelerator, step: int, checkpointer):
+    """One truncated-BPTT update on a window; returns the carried (detached) state and the summed NLL."""
+    if hidden is not None:  # the state flows on, its history does not
+        hidden = tuple(h.detach() for h in hidden)
+    nll, hidden = model(inputs, hidden, targets)
+    loss = nll / inputs.shape[1]  # mean over the batch, summed over the unrolled steps
+    check_finite(loss, step, accelerator, checkpointer)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    optimizer.step()
+    return hidden, nll.item()
+
+
+def train(model, optimizer, train_data, streams, preset, args, accelerator) -> dict:
+    """Epochs of truncated BPTT, resumable mid-epoch: state holds the step, the window position, the
+    epoch's running NLL; the carried LSTM state travels in the checkpoint with the RNG states."""
+    training = preset.training
+    starts = window_starts(len(train_data), training.unroll)
+    total = min(len(starts) * training.epochs, args.max_steps or 10**12)
+    checkpointer = Checkpointer(args.output_dir, accelerator, args.keep_checkpoints)
+    fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "nll": 0.0, "tokens": 0, "epoch_time": 0.0,
+             "train_time": 0.0}
+    state, carried = resume(checkpointer, args.resume, model, optimizer, fresh)
+    hidden = (carried["h"].to(accelerator.device), carried["c"].to(accelerator.device)) if carried else None
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+                    mininterval=2.0)
+    tick = time.time()
+
+    def save() -> Path:
+        nonlocal tick
+        elapsed, tick = time.time() - tick, time.time()
+        state["train_time"], state["epoch_time"] = state["train_time"] + elapsed, state["epoch_time"] + elapsed
+        return checkpointer.save(model, optimizer, state, {} if hidden is None else {"h": hidden[0], "c": hidden[1]})
+
+    with progress, Interruption(accelerator) as interruption:
+        while state["epoch"] < training.epochs and state["step"] < total:
+            lr = step_decay_lr(state["epoch"] + 1, training.lr, training.lr_decay, training.decay_after)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            while state["position"] < len(starts) and state["step"] < total:
+                inputs, targets = window(train_data, starts[state["position"]], training.unroll)
+                hidden, nll = train_window(model, optimizer, inputs, targets, hidden, training, accelerator,
+                                           state["step"] + 1, checkpointer)
+                state["position"], state["step"] = state["position"] + 1, state["step"] + 1
+                state["nll"], state["tokens"] = state["nll"] + nll, state["tokens"] + targets.numel()
+                progress.update(1)
+                progress.set_postfix(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
+                                     lr=f"{lr:.4g}", refresh=False)
+                stop = interruption.requested()
+                if stop or state["step"] % args.checkpoint_every == 0:
+                    path = save()
+                    if stop:
+                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
+                                        f"checkpoint saved in {path}; run the same command again to resume")
+            save_time = time.time()
+            state["train_time"] += save_time - tick
+            state["epoch_time"] += save_time - tick
+            end_of_epoch(model, streams, preset, accelerator, state, lr, progress)
+            if state["position"] >= len(starts):
+                state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
+                hidden = None
+            tick = time.time()
+            save()
+    progress.close()
+    return state
+
+
+def end_of_epoch(model, streams, preset, accelerator, state, lr, progress) -> None:
+    """Train perplexity over all processes' columns, validation perplexity, one history row."""
+    training = preset.training
+    totals = accelerator.reduce(torch.tensor([state["nll"], state["tokens"]], dtype=torch.float64,
+                                             device=accelerator.device), "sum")
+    train_ppl = math.exp(totals[0].item() / totals[1].item())
+    valid_ppl = perplexity(model, streams["valid"], training.eval_batch_size, training.unroll, accelerator)
+    row = {"epoch": state["epoch"] + 1, "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": lr,
+           "words_per_sec": totals[1].item() / max(state["epoch_time"], 1e-9), "step": state["step"]}
+    state["history"].append(row)
+    if accelerator.is_main_process:
+        progress.write(f"epoch {row['epoch']:3d} | train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.4g} "
+                       f"| {row['words_per_sec']:6.0f} words/s | {state['train_time']:6.0f} s")
 
 
 @exits_cleanly
@@ -117,12 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
     use_cpu_cores(accelerator)
     started = time.time()
 
-    # Data and vocabulary: 10k words from the training file; streams cut into B parallel columns.
+    # Data and vocabulary: 10k words from the training file; the training stream cut into B parallel
+    # columns, each process taking its share. Validation and test splits do not depend on processes.
     vocabulary, streams = load_corpus(args.data_dir)
     preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, vocab_size=len(vocabulary)))
-    train = shard_columns(batchify(streams["train"], training.batch_size), accelerator)
-    valid = shard_columns(batchify(streams["valid"], training.eval_batch_size), accelerator)
-    test = shard_columns(batchify(streams["test"], training.test_batch_size * accelerator.num_processes), accelerator)
+    train_data = shard_columns(batchify(streams["train"], training.batch_size), accelerator)
     accelerator.print(f"{preset.name}: {preset.model}\n{training}\nvocabulary {len(vocabulary)}, "
                       f"train {len(streams['train'])} tokens, {accelerator.num_processes} process(es)")
 
@@ -130,34 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
     model = LanguageModel(preset.model)
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
+                                "data": str(args.data_dir.resolve())}, accelerator)
 
-    history, step = [], 0
-    windows = len(window_starts(len(train), training.unroll))
-    total = min(windows * training.epochs, args.max_steps or math.inf)
-    progress = tqdm(total=total, disable=not accelerator.is_local_main_process, unit="step", mininterval=2.0)
-    for epoch in range(1, training.epochs + 1):
-        lr = step_decay_lr(epoch, training.lr, training.lr_decay, training.decay_after)
-        epoch_started = time.time()
-        train_ppl, tokens, step = train_epoch(model, optimizer, train, training, epoch, lr, accelerator,
-                                                progress, step, args.max_steps)
-        words_per_sec = tokens / (time.time() - epoch_started)
-        valid_ppl = perplexity(model, valid, training.unroll, accelerator)
-        history.append({"epoch": epoch, "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": lr,
-                        "words_per_sec": words_per_sec, "step": step})
-        if accelerator.is_main_process:
-            progress.write(f"epoch {epoch:3d} | train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.4g} "
-                           f"| {words_per_sec:6.0f} words/s | {time.time() - started:6.0f} s")
-        if step == args.max_steps:
-            break
-    progress.close()
+    state = train(model, optimizer, train_data, streams, preset, args, accelerator)
 
-    test_ppl = perplexity(model, test, training.unroll, accelerator)
+    test_ppl = perplexity(model, streams["test"], training.test_batch_size, training.unroll, accelerator)
     wall_time = time.time() - started
     accelerator.print(f"test ppl {test_ppl:.2f} (paper {preset.paper_test_ppl}) | {wall_time:.0f} s")
     results = {
-        "config": dataclasses.asdict(preset), "epochs": history, "valid_ppl": history[-1]["valid_ppl"],
-        "test_ppl": test_ppl, "wall_time_s": wall_time, "steps": step, "seed": args.seed,
-        "mixed_precision": args.mixed_precision, "num_processes": accelerator.num_processes,
+        "config": dataclasses.asdict(preset), "epochs": state["history"], "valid_ppl": state["history"][-1]["valid_ppl"],
+        "test_ppl": test_ppl, "wall_time_s": wall_time, "train_time_s": state["train_time"], "steps": state["step"],
+        "seed": args.seed, "mixed_precision": args.mixed_precision, "num_processes": accelerator.num_processes,
         "versions": {"seq2seq": seq2seq.__version__, "torch": torch.__version__,
                      "accelerate": accelerate.__version__, "python": platform.python_version()},
         "command": " ".join(sys.argv),

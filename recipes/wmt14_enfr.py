@@ -30,13 +30,14 @@ from seq2seq.data.batching import token_batches
 from seq2seq.data.encoded import EncodedPairs
 from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, take
 from seq2seq.devices import use_cpu_cores
-from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive
+from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.metrics import corpus_scores
 from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.search import beam_search, greedy_search
 from seq2seq.tokenizer import Tokenizer, load_or_train
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
 from seq2seq.translator import Translator
 
 
@@ -51,11 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--valid-prefix")
     parser.add_argument("--test-prefix")
     parser.add_argument("--max-train-pairs", type=positive(int))
+    parser.add_argument("--skip-invalid-utf8", action="store_true",
+                        help="drop (and count) pairs with invalid UTF-8 instead of stopping at the first")
     parser.add_argument("--epochs", type=positive(float))
     parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--gradient-accumulation-steps", type=positive(int))
+    parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
+    parser.add_argument("--checkpoint-every", type=positive(int), default=500, help="updates between checkpoints")
+    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
     return parser.parse_args(argv)
 
 
@@ -82,15 +89,16 @@ def choose_preset(args: argparse.Namespace) -> TranslationPreset:
         training = dataclasses.replace(training, epochs=args.epochs)
     if args.gradient_accumulation_steps:
         training = dataclasses.replace(training, gradient_accumulation_steps=args.gradient_accumulation_steps)
-    return dataclasses.replace(preset, data=data, training=training)
+    model = preset.model if args.dropout is None else dataclasses.replace(preset.model, dropout=args.dropout)
+    return dataclasses.replace(preset, model=model, data=data, training=training)
 
 
 # --- Data: cleaned pairs from the hub (streamed) or local files ---
 
-def load_split(data, split: str, args) -> list[tuple[str, str]]:
+def load_split(data, split: str, args, report: CleaningReport) -> list[tuple[str, str]]:
     prefix = {"train": data.train_prefix, "valid": data.valid_prefix, "test": data.test_prefix}[split]
     if prefix:
-        return read_parallel_text(prefix, data.src_lang, data.tgt_lang)
+        return read_parallel_text(prefix, data.src_lang, data.tgt_lang, args.skip_invalid_utf8, report)
     if not data.dataset:
         raise UserError(f"no {split} data: give --{split}-prefix or --dataset")
     hf_split = {"train": "train", "valid": "validation", "test": "test"}[split]
@@ -103,12 +111,18 @@ def load_split(data, split: str, args) -> list[tuple[str, str]]:
 
 
 def load_data(data, args, accelerator) -> dict[str, list[tuple[str, str]]]:
-    splits = {split: load_split(data, split, args) for split in ("train", "valid", "test")}
-    report = CleaningReport()
+    reports = {split: CleaningReport() for split in ("train", "valid", "test")}
+    splits = {split: load_split(data, split, args, reports[split]) for split in reports}
+    report = reports["train"]
     splits["train"] = take(clean_pairs(splits["train"], data.max_words, data.max_ratio, report), data.max_train_pairs)
-    accelerator.print(f"train: {report}; valid {len(splits['valid'])}, test {len(splits['test'])} pairs")
+    skipped = "".join(f", {reports[s].invalid_utf8} {s} pairs skipped (invalid UTF-8)"
+                      for s in ("valid", "test") if reports[s].invalid_utf8)
+    accelerator.print(f"train: {report}; valid {len(splits['valid'])}, test {len(splits['test'])} pairs{skipped}")
     if not splits["train"]:
-        raise UserError("no training pairs are left after cleaning")
+        raise UserError(f"no training pairs are left after cleaning ({report})")
+    for split in ("valid", "test"):
+        if not splits[split]:
+            raise UserError(f"the {split} split is empty")
     return splits
 
 
@@ -223,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = make_optimizer(model, training)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers("wmt14_enfr", config={k: str(v) for k, v in dataclasses.asdict(preset).items()})
+    check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
+                           "tokenizers": [src_tok.fingerprint(), tgt_tok.fingerprint()]}, accelerator)
 
     # Training.
     train_state = train(model, optimizer, encoded, splits, (src_tok, tgt_tok), preset, args, accelerator, output_dir)
@@ -256,52 +272,76 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, output_dir) -> dict:
+    """The update loop, resumable mid-epoch: state holds the step, the position in the epoch's seeded
+    batch order, the dev history and the best score; checkpoints every --checkpoint-every updates and
+    at each epoch end; SIGTERM / Ctrl-C saves one and stops."""
     training, corpus = preset.training, encoded["train"]
     src_lengths, tgt_lengths = corpus.src_lengths(), corpus.tgt_lengths()
     per_epoch = len(token_batches(src_lengths, tgt_lengths, training.max_tokens,
                                   max_sentences=training.max_sentences)) // accelerator.num_processes
     total = min(int(per_epoch * training.epochs / training.gradient_accumulation_steps), args.max_steps or 10**12)
-    progress = tqdm(total=total, disable=not accelerator.is_local_main_process, unit="step", mininterval=2.0)
-    state = {"step": 0, "dev": [], "best_bleu": -1.0, "tokens": 0, "train_time": 0.0}
+    checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
+    fresh = {"step": 0, "epoch": 0, "position": 0, "dev": [], "best_bleu": -1.0, "tokens": 0, "train_time": 0.0}
+    state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+                    mininterval=2.0)
     tick = time.time()
-    for epoch in range(math.ceil(training.epochs)):
-        batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
-                                seed=args.seed, epoch=epoch)
-        mine = batches[accelerator.process_index :: accelerator.num_processes][:per_epoch]
-        for position, indices in enumerate(mine):
-            if epoch + position / per_epoch >= training.epochs or state["step"] >= total:
-                break
-            batch = corpus.batch(indices).to(accelerator.device)
-            with accelerator.accumulate(model):
-                loss = train_step(model, optimizer, batch, training, accelerator)
-            if not accelerator.sync_gradients:
-                continue
-            state["step"] += 1
-            state["tokens"] += int((batch.tgt_out != 0).sum())
-            lr = learning_rate(training, state["step"], epoch + position / per_epoch, total)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            progress.update(1)
-            elapsed = state["train_time"] + time.time() - tick
-            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{state['tokens'] / elapsed:.0f}", refresh=False)
-            accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
-            if state["step"] % training.eval_every == 0:
-                state["train_time"] += time.time() - tick
-                dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, epoch + position / per_epoch)
-                tick = time.time()
+    with progress, Interruption(accelerator) as interruption:
+        while state["step"] < total:
+            batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
+                                    seed=args.seed, epoch=state["epoch"])
+            mine = batches[accelerator.process_index :: accelerator.num_processes][:per_epoch]
+            while state["position"] < per_epoch and state["step"] < total:
+                batch = corpus.batch(mine[state["position"]]).to(accelerator.device)
+                state["position"] += 1
+                lr = learning_rate(training, state["step"], state["epoch"] + state["position"] / per_epoch, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with accelerator.accumulate(model):
+                    loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
+                state["tokens"] += int((batch.tgt_out != 0).sum()) * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                progress.update(1)
+                elapsed = state["train_time"] + time.time() - tick
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{state['tokens'] / elapsed:.0f}",
+                                     refresh=False)
+                accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
+                if state["step"] % training.eval_every == 0 or state["step"] == total:
+                    state["train_time"] += time.time() - tick
+                    dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state,
+                                   state["epoch"] + state["position"] / per_epoch)
+                    tick = time.time()
+                stop = interruption.requested()
+                if stop or state["step"] % args.checkpoint_every == 0:
+                    state["train_time"] += time.time() - tick
+                    path = checkpointer.save(model, optimizer, state)
+                    tick = time.time()
+                    if stop:
+                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
+                                        f"checkpoint saved in {path}; run the same command again to resume")
+            if state["position"] >= per_epoch:  # epoch end: the next one starts from its own seeded order
+                state["epoch"], state["position"] = state["epoch"] + 1, 0
+                if accelerator.sync_gradients:
+                    state["train_time"] += time.time() - tick
+                    checkpointer.save(model, optimizer, state)
+                    tick = time.time()
     state["train_time"] += time.time() - tick
     if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
-        dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, epoch + position / per_epoch)
+        dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, state["epoch"])
+    latest = checkpointer.latest()
+    if latest is None or not latest.name.endswith(f"{state['step']:09d}"):  # the final state, for the record
+        checkpointer.save(model, optimizer, state)
     progress.close()
     return state
 
 
-def train_step(model, optimizer, batch, training, accelerator) -> float:
+def train_step(model, optimizer, batch, training, accelerator, step: int, checkpointer) -> float:
     loss, count = model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, training.label_smoothing)
     normalizer = count if training.normalize_by == "tokens" else batch.src.shape[1]
     loss = loss / normalizer
-    if not torch.isfinite(loss):
-        raise UserError(f"the training loss became {loss.item()}; lower the learning rate")
+    check_finite(loss, step, accelerator, checkpointer)
     accelerator.backward(loss)
     if accelerator.sync_gradients:
         accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)

@@ -34,8 +34,10 @@ def resolve(prefix: str | Path, lang: str) -> Path:
     raise UserError(f"{plain}: no such file (nor {compressed.name})")
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """Decoded lines without their newline; invalid UTF-8 or an unreadable file is a UserError."""
+def read_text_lines(path: Path, skip_invalid: bool = False) -> list[str | None]:
+    """Decoded lines without their newline. Invalid UTF-8 is a UserError naming file and line, or with
+    skip_invalid that line comes back as None (so parallel files stay aligned). An unreadable file is
+    a UserError."""
     lines = []
     try:
         with open_text(path) as handle:
@@ -43,19 +45,27 @@ def read_text_lines(path: Path) -> list[str]:
                 try:
                     lines.append(raw.decode("utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError as error:
-                    raise UserError(f"{path}, line {number}: invalid UTF-8 ({error.reason})") from None
+                    if not skip_invalid:
+                        raise UserError(f"{path}, line {number}: invalid UTF-8 ({error.reason}); "
+                                        f"--skip-invalid-utf8 drops such lines") from None
+                    lines.append(None)
     except (OSError, EOFError) as error:
         raise UserError(f"{path}: cannot be read ({error})") from None
     return lines
 
 
-def read_parallel_text(prefix: str | Path, src_lang: str, tgt_lang: str) -> list[Pair]:
-    """Pairs from PREFIX.SRC and PREFIX.TGT (each optionally .gz), which must have equal line counts."""
+def read_parallel_text(prefix: str | Path, src_lang: str, tgt_lang: str, skip_invalid: bool = False,
+                       report: CleaningReport | None = None) -> list[Pair]:
+    """Pairs from PREFIX.SRC and PREFIX.TGT (each optionally .gz), which must have equal line counts.
+    With skip_invalid, a pair with invalid UTF-8 on either side is dropped and counted in report."""
     src_path, tgt_path = resolve(prefix, src_lang), resolve(prefix, tgt_lang)
-    src, tgt = read_text_lines(src_path), read_text_lines(tgt_path)
+    src, tgt = read_text_lines(src_path, skip_invalid), read_text_lines(tgt_path, skip_invalid)
     if len(src) != len(tgt):
         raise UserError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; parallel files must align line by line")
-    return list(zip(src, tgt))
+    pairs = [(a, b) for a, b in zip(src, tgt) if a is not None and b is not None]
+    if report is not None:
+        report.invalid_utf8 += len(src) - len(pairs)
+    return pairs
 
 
 def read_tsv(path: str | Path) -> list[Pair]:
@@ -105,10 +115,11 @@ class CleaningReport:
     empty: int = 0
     too_long: int = 0
     bad_ratio: int = 0
+    invalid_utf8: int = 0
 
     def __str__(self) -> str:
         return (f"kept {self.kept} pairs; removed {self.empty} empty, {self.too_long} over the length limit, "
-                f"{self.bad_ratio} over the length ratio")
+                f"{self.bad_ratio} over the length ratio, {self.invalid_utf8} with invalid UTF-8")
 
 
 def clean_pairs(pairs: Iterable[Pair], max_words: int = 80, max_ratio: float = 3.0,
