@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, load_recipe
+from conftest import load_recipe
 
 from seq2seq.metrics import corpus_scores
 
