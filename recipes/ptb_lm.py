@@ -114,7 +114,7 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
              "train_time": 0.0}
     state, carried = resume(checkpointer, args.resume, model, optimizer, fresh)
     hidden = (carried["h"].to(accelerator.device), carried["c"].to(accelerator.device)) if carried else None
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
     tick = time.time()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import platform
 import sys
 import time
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 import seq2seq
 from seq2seq.acoustic_model import OBJECTIVES, AcousticModel, AcousticModelConfig
 from seq2seq.checkpoint import load_weights, read_config, save_model, write_json
-from seq2seq.data.batching import token_batches
+from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
@@ -162,18 +163,18 @@ def score_utterance(logits, length, labels, reference, objective, fold, beam_siz
 
 def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -> dict:
     training, corpus = preset.training, data["train"]
-    per_epoch = len(batches(corpus, training.batch_size)) // accelerator.num_processes
+    per_epoch = math.ceil(len(batches(corpus, training.batch_size)) / accelerator.num_processes)
     total = min(per_epoch * training.epochs, args.max_steps or 10**12)
     checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
     fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "best": None, "train_time": 0.0, "frames": 0}
     state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
     tick = time.time()
     with progress, Interruption(accelerator) as interruption:
         while state["epoch"] < training.epochs and state["step"] < total:
             order = batches(corpus, training.batch_size, args.seed, state["epoch"])
-            mine = order[accelerator.process_index :: accelerator.num_processes][:per_epoch]
+            mine = shard_evenly(order, accelerator.num_processes, accelerator.process_index)
             while state["position"] < per_epoch and state["step"] < total:
                 batch = batch_of(corpus, mine[state["position"]], accelerator.device)
                 loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import seq2seq
 from seq2seq.checkpoint import atomic_write, load_weights, save_model, write_json
-from seq2seq.data.batching import token_batches
+from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.data.encoded import EncodedPairs
 from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, take
 from seq2seq.devices import use_cpu_cores
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Data and vocabulary.
     splits = load_data(preset.data, args, accelerator)
-    src_tok, tgt_tok = tokenizers(preset.data, splits["train"], output_dir)
+    with accelerator.main_process_first():  # the main process trains the SentencePiece models, the others read them
+        src_tok, tgt_tok = tokenizers(preset.data, splits["train"], output_dir)
     encoded = {split: encode(pairs, src_tok, tgt_tok) for split, pairs in splits.items()}
 
     # Model: the encoder-decoder LSTM, every parameter from U(-init_scale, init_scale).
@@ -277,20 +278,20 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
     at each epoch end; SIGTERM / Ctrl-C saves one and stops."""
     training, corpus = preset.training, encoded["train"]
     src_lengths, tgt_lengths = corpus.src_lengths(), corpus.tgt_lengths()
-    per_epoch = len(token_batches(src_lengths, tgt_lengths, training.max_tokens,
-                                  max_sentences=training.max_sentences)) // accelerator.num_processes
+    per_epoch = math.ceil(len(token_batches(src_lengths, tgt_lengths, training.max_tokens,
+                                            max_sentences=training.max_sentences)) / accelerator.num_processes)
     total = min(int(per_epoch * training.epochs / training.gradient_accumulation_steps), args.max_steps or 10**12)
     checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
     fresh = {"step": 0, "epoch": 0, "position": 0, "dev": [], "best_bleu": -1.0, "tokens": 0, "train_time": 0.0}
     state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_local_main_process, unit="step",
+    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
     tick = time.time()
     with progress, Interruption(accelerator) as interruption:
         while state["step"] < total:
             batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
                                     seed=args.seed, epoch=state["epoch"])
-            mine = batches[accelerator.process_index :: accelerator.num_processes][:per_epoch]
+            mine = shard_evenly(batches, accelerator.num_processes, accelerator.process_index)
             while state["position"] < per_epoch and state["step"] < total:
                 batch = corpus.batch(mine[state["position"]]).to(accelerator.device)
                 state["position"] += 1

@@ -59,11 +59,13 @@ def test_translation_two_processes_equal_gradient_accumulation_of_two(tmp_path):
 
 
 def test_timit_scores_are_the_same_with_one_or_two_processes(tmp_path):
-    """One trained model, scored by 1 and by 2 processes: gather_for_metrics must see every test
-    utterance exactly once and in corpus order, so every number is identical."""
+    """A model trained by 2 processes, scored by 1 and by 2: the gathered scores must cover every test
+    utterance exactly once, in corpus order, so every number is identical."""
     args = recipe_args("timit_am", tmp_path / "data")
-    trained = run(args + ["--epochs", "1", "--output-dir", str(tmp_path / "train")])
+    trained = run(args + ["--epochs", "1", "--output-dir", str(tmp_path / "train")], processes=2)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    record = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert record["num_processes"] == 2 and record["utterances"] == 9
     scored = {}
     for processes in (1, 2):
         out = tmp_path / f"eval{processes}"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from seq2seq.data.batching import collate, token_batches
+from seq2seq.data.batching import collate, shard_evenly, token_batches
 from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, read_tsv
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import BOS, EOS, PAD
@@ -105,3 +105,16 @@ def test_collate_pads_and_shifts_targets():
     assert batch.tgt_in.t().tolist() == [[BOS, 8, PAD], [BOS, 9, 10]]
     assert batch.tgt_out.t().tolist() == [[8, EOS, PAD], [9, 10, EOS]]
     assert batch.index.tolist() == [4, 9]
+
+
+@pytest.mark.parametrize("count, processes", [(7, 2), (10, 4), (9, 3), (5, 8)])
+def test_shard_evenly_uses_every_example_once_in_equal_shares(count, processes):
+    batches = [list(range(10 * i, 10 * i + 3 + i % 3)) for i in range(count)]
+    shares = [shard_evenly(batches, processes, rank) for rank in range(processes)]
+    assert len({len(share) for share in shares}) == 1
+    examples = sorted(i for share in shares for batch in share for i in batch)
+    assert examples == sorted(i for batch in batches for i in batch)
+    # Shares of the batches before the split ones are those of plain round robin.
+    untouched = count - count % processes if count % processes else count
+    for rank, share in enumerate(shares):
+        assert share[: len(batches[rank:untouched:processes])] == batches[rank:untouched:processes]

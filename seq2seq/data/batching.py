@@ -73,3 +73,17 @@ def fill(members: list[int], sizes: list[int], max_tokens: int, max_sentences: i
     if current:
         batches.append(current)
     return batches
+
+
+def shard_evenly(batches: list[list[int]], num_processes: int, rank: int) -> list[list[int]]:
+    """Process `rank`'s share of an epoch's batches, every example used exactly once: while the count
+    does not divide by num_processes, the last batch is split in two halves (kept at the end, so the
+    shares of the batches before it do not change). Every process gets ceil(len / num_processes)."""
+    batches = list(batches)
+    while len(batches) % num_processes:
+        splittable = [i for i in range(len(batches)) if len(batches[i]) > 1]
+        if not splittable:
+            raise ValueError(f"{len(batches)} one-example batches cannot be shared by {num_processes} processes")
+        big = batches.pop(splittable[-1])
+        batches += [big[: len(big) // 2], big[len(big) // 2 :]]
+    return batches[rank::num_processes]
