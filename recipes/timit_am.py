@@ -175,7 +175,7 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
         while state["epoch"] < training.epochs and state["step"] < total:
             order = batches(corpus, training.batch_size, args.seed, state["epoch"])
             mine = shard_evenly(order, accelerator.num_processes, accelerator.process_index)
-            while state["position"] < per_epoch and state["step"] < total:
+            while state["position"] < len(mine) and state["step"] < total:
                 batch = batch_of(corpus, mine[state["position"]], accelerator.device)
                 loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
                 state["step"] += 1
@@ -194,7 +194,7 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
                         raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
                                         f"checkpoint saved in {path}; run the same command again to resume")
             state["train_time"] += time.time() - tick
-            if state["position"] >= per_epoch:
+            if state["position"] >= len(mine):
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
             end_of_epoch(model, data, preset, accelerator, output_dir, state, progress)
             checkpointer.save(model, optimizer, state)

@@ -292,10 +292,10 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
             batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
                                     seed=args.seed, epoch=state["epoch"])
             mine = shard_evenly(batches, accelerator.num_processes, accelerator.process_index)
-            while state["position"] < per_epoch and state["step"] < total:
+            while state["position"] < len(mine) and state["step"] < total:
                 batch = corpus.batch(mine[state["position"]]).to(accelerator.device)
                 state["position"] += 1
-                lr = learning_rate(training, state["step"], state["epoch"] + state["position"] / per_epoch, total)
+                lr = learning_rate(training, state["step"], state["epoch"] + state["position"] / len(mine), total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with accelerator.accumulate(model):
@@ -312,7 +312,7 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
                 if state["step"] % training.eval_every == 0 or state["step"] == total:
                     state["train_time"] += time.time() - tick
                     dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state,
-                                   state["epoch"] + state["position"] / per_epoch)
+                                   state["epoch"] + state["position"] / len(mine))
                     tick = time.time()
                 stop = interruption.requested()
                 if stop or state["step"] % args.checkpoint_every == 0:
@@ -322,7 +322,7 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
                     if stop:
                         raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
                                         f"checkpoint saved in {path}; run the same command again to resume")
-            if state["position"] >= per_epoch:  # epoch end: the next one starts from its own seeded order
+            if state["position"] >= len(mine):  # epoch end: the next one starts from its own seeded order
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
                 if accelerator.sync_gradients:
                     state["train_time"] += time.time() - tick
