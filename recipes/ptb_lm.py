@@ -33,7 +33,7 @@ from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.schedule import step_decay_lr
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,12 +138,7 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
                 progress.update(1)
                 progress.set_postfix(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
                                      lr=f"{lr:.4g}", refresh=False)
-                stop = interruption.requested()
-                if stop or state["step"] % args.checkpoint_every == 0:
-                    path = save()
-                    if stop:
-                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
-                                        f"checkpoint saved in {path}; run the same command again to resume")
+                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
             save_time = time.time()
             state["train_time"] += save_time - tick
             state["epoch_time"] += save_time - tick

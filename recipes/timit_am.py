@@ -40,7 +40,7 @@ from seq2seq.speech.features import (IGNORE, FeatureConfig, FeatureSet, cached_e
 from seq2seq.speech.phones import FOLD_48_TO_39, collapse
 from seq2seq.speech.scoring import phone_error_rate
 from seq2seq.speech.timit import find_utterances, split_speakers
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,6 +171,15 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
     progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
     tick = time.time()
+
+    def save() -> Path:
+        """A checkpoint of the current state, its time not counted as training time."""
+        nonlocal tick
+        state["train_time"] += time.time() - tick
+        path = checkpointer.save(model, optimizer, state)
+        tick = time.time()
+        return path
+
     with progress, Interruption(accelerator) as interruption:
         while state["epoch"] < training.epochs and state["step"] < total:
             order = batches(corpus, training.batch_size, args.seed, state["epoch"])
@@ -185,14 +194,7 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
                 progress.update(1)
                 progress.set_postfix(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
                                      frames_s=f"{state['frames'] / elapsed:.0f}", refresh=False)
-                stop = interruption.requested()
-                if stop or state["step"] % args.checkpoint_every == 0:
-                    state["train_time"] += time.time() - tick
-                    path = checkpointer.save(model, optimizer, state)
-                    tick = time.time()
-                    if stop:
-                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
-                                        f"checkpoint saved in {path}; run the same command again to resume")
+                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
             state["train_time"] += time.time() - tick
             if state["position"] >= len(mine):
                 state["epoch"], state["position"] = state["epoch"] + 1, 0

@@ -37,7 +37,7 @@ from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.search import beam_search, greedy_search
 from seq2seq.tokenizer import Tokenizer, load_or_train
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume
+from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
 from seq2seq.translator import Translator
 
 
@@ -287,6 +287,15 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
     progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
     tick = time.time()
+
+    def save() -> Path:
+        """A checkpoint of the current state, its time not counted as training time."""
+        nonlocal tick
+        state["train_time"] += time.time() - tick
+        path = checkpointer.save(model, optimizer, state)
+        tick = time.time()
+        return path
+
     with progress, Interruption(accelerator) as interruption:
         while state["step"] < total:
             batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
@@ -314,20 +323,11 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
                     dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state,
                                    state["epoch"] + state["position"] / len(mine))
                     tick = time.time()
-                stop = interruption.requested()
-                if stop or state["step"] % args.checkpoint_every == 0:
-                    state["train_time"] += time.time() - tick
-                    path = checkpointer.save(model, optimizer, state)
-                    tick = time.time()
-                    if stop:
-                        raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {state['step']}: "
-                                        f"checkpoint saved in {path}; run the same command again to resume")
+                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
             if state["position"] >= len(mine):  # epoch end: the next one starts from its own seeded order
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
                 if accelerator.sync_gradients:
-                    state["train_time"] += time.time() - tick
-                    checkpointer.save(model, optimizer, state)
-                    tick = time.time()
+                    save()
     state["train_time"] += time.time() - tick
     if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
         dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, state["epoch"])

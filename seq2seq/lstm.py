@@ -160,15 +160,20 @@ class StackedLSTM(nn.Module):
         for layer_index, layer in enumerate(self.layers):
             if masks is not None:
                 x = x * masks.inputs[layer_index]
-            if not _fused_bf16_ok(x):
-                x = x.float()
-            with torch.autocast("cpu", enabled=_fused_bf16_ok(x) and torch.is_autocast_enabled("cpu")):
-                y = _direction(layer, x, "l0")
-                if layer.bidirectional:
-                    backward = _direction(layer, reverse_padded(x, lengths), "l0_reverse")
-                    y = torch.cat([y, reverse_padded(backward, lengths)], dim=-1)
-            x = y * valid
+            x = self._layer_outputs(layer, x, lengths) * valid
         return x if masks is None else x * masks.output
+
+    @staticmethod
+    def _layer_outputs(layer: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+        """One layer, unpacked: forward direction on x, backward on x reversed within each length."""
+        if not _fused_bf16_ok(x):
+            with torch.autocast("cpu", enabled=False):
+                return StackedLSTM._layer_outputs(layer, x.float(), lengths)
+        y = _direction(layer, x, "l0")
+        if not layer.bidirectional:
+            return y
+        backward = _direction(layer, reverse_padded(x, lengths), "l0_reverse")
+        return torch.cat([y, reverse_padded(backward, lengths)], dim=-1)
 
     @staticmethod
     def _run_fused(layer: nn.LSTM, x: Tensor, h: Tensor, c: Tensor, lengths: Tensor | None) -> tuple[Tensor, State]:

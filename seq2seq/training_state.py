@@ -148,6 +148,16 @@ class Interruption:
         return bool(flag.item())
 
 
+def save_or_stop(interruption: Interruption, step: int, every: int, save) -> None:
+    """Call save() every `every` steps, and when a stop was requested; then end the run with one line."""
+    stop = interruption.requested()
+    if stop or step % every == 0:
+        path = save()
+        if stop:
+            raise UserError(f"interrupted by {interruption.signal or 'a signal'} at step {step}: checkpoint saved "
+                            f"in {path}; run the same command again to resume")
+
+
 def check_finite(loss: torch.Tensor, step: int, accelerator, checkpointer: Checkpointer) -> None:
     """Stop before a non-finite loss reaches the weights, pointing at the last good checkpoint."""
     value = loss.detach().float().reshape(1)

@@ -18,17 +18,21 @@ from seq2seq.data.word_corpus import write_toy_corpus
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_split(prefix: Path, count: int, rng: random.Random) -> None:
+    """PREFIX.en / PREFIX.fr of a toy language pair: French words are English words renamed, same order."""
+    src, tgt = [], []
+    for _ in range(count):
+        words = [rng.randrange(12) for _ in range(rng.randint(2, 6))]
+        src.append(" ".join(f"en{w}" for w in words))
+        tgt.append(" ".join(f"fr{w}" for w in words).capitalize() + ".")
+    prefix.with_suffix(".en").write_text("\n".join(src) + "\n")
+    prefix.with_suffix(".fr").write_text("\n".join(tgt) + "\n")
+
+
 def write_parallel(root: Path) -> Path:
-    """A toy language pair: French words are English words renamed, in the same order."""
     rng = random.Random(0)
     for split, count in (("train", 300), ("valid", 20), ("test", 15)):
-        src, tgt = [], []
-        for _ in range(count):
-            words = [rng.randrange(12) for _ in range(rng.randint(2, 6))]
-            src.append(" ".join(f"en{w}" for w in words))
-            tgt.append(" ".join(f"fr{w}" for w in words).capitalize() + ".")
-        (root / f"{split}.en").write_text("\n".join(src) + "\n")
-        (root / f"{split}.fr").write_text("\n".join(tgt) + "\n")
+        write_split(root / split, count, rng)
     return root
 
 

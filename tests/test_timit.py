@@ -15,8 +15,8 @@ from seq2seq.speech.ctc import beam_decode, greedy_decode
 from seq2seq.speech.features import IGNORE, FeatureConfig, extract, fbank, frame_labels
 from seq2seq.speech.phones import FOLD_48_TO_39, PHONES_39, PHONES_48, PHONES_61, collapse, fold
 from seq2seq.speech.scoring import edit_distance, phone_error_rate, to_39
-from seq2seq.speech.timit import (CORE_TEST_SPEAKERS, DEV_SPEAKERS, find_utterances, read_audio, read_phones,
-                                  split_speakers)
+from seq2seq.speech.timit import (CORE_TEST_SPEAKERS, DEV_SPEAKERS, Utterance, find_utterances, read_audio,
+                                  read_phones, split_speakers)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,6 @@ def test_sphere_round_trip(tmp_path):
 
 def one_utterance(directory):
     """The Utterance record of directory/SX1.{WAV,PHN}."""
-    from seq2seq.speech.timit import Utterance
     return [Utterance(directory / "SX1.WAV", directory / "SX1.PHN", "TRAIN", "DR1", "FXXX0", "SX1")]
 
 

@@ -7,21 +7,11 @@ import sys
 
 import pytest
 from conftest import load_recipe
+from recipe_runs import write_split
 
 from seq2seq.metrics import corpus_scores
 
 wmt = load_recipe("wmt14_enfr")
-
-
-def write_split(prefix, count, rng):
-    """A toy language pair: French words are English words renamed, in the same order."""
-    src, tgt = [], []
-    for _ in range(count):
-        words = [rng.randrange(12) for _ in range(rng.randint(2, 6))]
-        src.append(" ".join(f"en{w}" for w in words))
-        tgt.append(" ".join(f"fr{w}" for w in words).capitalize() + ".")
-    prefix.with_suffix(".en").write_text("\n".join(src) + "\n")
-    prefix.with_suffix(".fr").write_text("\n".join(tgt) + "\n")
 
 
 @pytest.fixture(scope="module")
