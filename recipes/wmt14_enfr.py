@@ -36,9 +36,13 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.search import beam_search, greedy_search
+from seq2seq.shortlist import SHORTLIST_NAME, Shortlist, build_shortlist
 from seq2seq.tokenizer import Tokenizer, load_or_train
 from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
 from seq2seq.translator import Translator
+
+
+SHORTLIST_PAIRS = 1_000_000  # training pairs that IBM Model 1 sees for the shortlist
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,6 +148,24 @@ def encode(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer) -> EncodedPairs:
     return EncodedPairs.from_rows(src_tok.encode([p[0] for p in pairs]), tgt_tok.encode([p[1] for p in pairs]))
 
 
+def lexical_shortlist(decoding, corpus: EncodedPairs, toks, output_dir: Path, accelerator) -> Shortlist | None:
+    """Each test sentence's search vocabulary (seq2seq.shortlist), from IBM Model 1 on the training pairs
+    (the first SHORTLIST_PAIRS); built by the main process, read by the others; None when the preset
+    searches the whole vocabulary."""
+    if not decoding.shortlist_per_source:
+        return None
+    path = output_dir / SHORTLIST_NAME
+    if path.is_file():
+        return Shortlist.load(path, len(toks[0]), len(toks[1]))
+    rows = range(min(len(corpus), SHORTLIST_PAIRS))
+    shortlist = build_shortlist([corpus.row(corpus.src, corpus.src_offsets, i) for i in rows],
+                                [corpus.row(corpus.tgt, corpus.tgt_offsets, i) for i in rows], len(toks[0]),
+                                len(toks[1]), decoding.shortlist_per_source, decoding.shortlist_frequent)
+    if accelerator.is_main_process:
+        shortlist.save(path)
+    return shortlist
+
+
 # --- Optimiser and schedule ---
 
 def make_optimizer(model, training):
@@ -177,7 +199,8 @@ def perplexity(model, corpus: EncodedPairs, accelerator, max_tokens: int) -> flo
 
 
 @torch.no_grad()
-def translate(model, corpus: EncodedPairs, tgt_tok: Tokenizer, decoding, accelerator, beam: bool) -> list[str]:
+def translate(model, corpus: EncodedPairs, tgt_tok: Tokenizer, decoding, accelerator, beam: bool,
+              shortlist: Shortlist | None = None) -> list[str]:
     """Detokenised hypotheses for every pair, in corpus order, gathered from all processes."""
     model.eval()
     batches = token_batches(corpus.src_lengths(), corpus.src_lengths(), 10**9, max_sentences=decoding.batch_size,
@@ -188,7 +211,7 @@ def translate(model, corpus: EncodedPairs, tgt_tok: Tokenizer, decoding, acceler
         batch = corpus.batch(indices).to(accelerator.device)
         if beam:
             found = beam_search(model, batch.src, batch.src_lengths, decoding.beam_size, decoding.alpha,
-                                decoding.max_len_a, decoding.max_len_b)
+                                decoding.max_len_a, decoding.max_len_b, shortlist=shortlist)
             tokens = [n[0].tokens for n in found]
         else:
             tokens = [h.tokens for h in greedy_search(model, batch.src, batch.src_lengths, decoding.max_len_a,
@@ -200,10 +223,11 @@ def translate(model, corpus: EncodedPairs, tgt_tok: Tokenizer, decoding, acceler
     return [text for _, text in sorted(dict(gathered).items())]
 
 
-def evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam: bool, split="valid") -> tuple[dict, list[str]]:
+def evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam: bool, split="valid",
+             shortlist: Shortlist | None = None) -> tuple[dict, list[str]]:
     """Scores (BLEU, chrF, signatures, perplexity) of a split and its hypotheses in corpus order."""
     unwrapped = accelerator.unwrap_model(model)
-    hypotheses = translate(unwrapped, encoded[split], tgt_tok, preset.decoding, accelerator, beam)
+    hypotheses = translate(unwrapped, encoded[split], tgt_tok, preset.decoding, accelerator, beam, shortlist)
     scores = corpus_scores(hypotheses, [pair[1] for pair in splits[split]])
     scores["ppl"] = perplexity(model, encoded[split], accelerator, preset.training.max_tokens)
     return scores, hypotheses
@@ -227,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():  # the main process trains the SentencePiece models, the others read them
         src_tok, tgt_tok = tokenizers(preset.data, splits["train"], output_dir)
     encoded = {split: encode(pairs, src_tok, tgt_tok) for split, pairs in splits.items()}
+    with accelerator.main_process_first():
+        shortlist = lexical_shortlist(preset.decoding, encoded["train"], (src_tok, tgt_tok), output_dir, accelerator)
 
     # Model: the encoder-decoder LSTM, every parameter from U(-init_scale, init_scale).
     config = dataclasses.replace(preset.model, src_vocab_size=len(src_tok), tgt_vocab_size=len(tgt_tok))
@@ -244,13 +270,17 @@ def main(argv: list[str] | None = None) -> dict:
     # Training.
     train_state = train(model, optimizer, encoded, splits, (src_tok, tgt_tok), preset, args, accelerator, output_dir)
 
-    # Decoding and scoring: the best model by dev BLEU, beam search on the test set.
+    # Decoding and scoring: the best model by dev BLEU, beam search (over the shortlist, if any) on the test set.
     best_dir = output_dir / "model"
-    if accelerator.is_main_process and not (best_dir / "model.safetensors").is_file():
-        save_translator(best_dir, accelerator.unwrap_model(model), preset, src_tok, tgt_tok)
+    if accelerator.is_main_process:
+        if not (best_dir / "model.safetensors").is_file():
+            save_translator(best_dir, accelerator.unwrap_model(model), preset, src_tok, tgt_tok)
+        if shortlist is not None:
+            shortlist.save(best_dir / SHORTLIST_NAME)
     accelerator.wait_for_everyone()
     load_weights(best_dir, accelerator.unwrap_model(model))
-    test, hypotheses = evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam=True, split="test")
+    test, hypotheses = evaluate(model, splits, encoded, tgt_tok, preset, accelerator, beam=True, split="test",
+                                shortlist=shortlist)
     wall_time = time.time() - started
     accelerator.print(f"test BLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  (beam {preset.decoding.beam_size})\n"
                       f"{test['bleu_signature']}\n{test['chrf_signature']}\n{wall_time:.0f} s")

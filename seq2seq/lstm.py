@@ -148,6 +148,35 @@ class StackedLSTM(nn.Module):
             x = x * masks.output
         return x, (torch.stack(hs), torch.stack(cs))
 
+    def step(self, x: Tensor | None, state: State, first_gates: Tensor | None = None,
+             parents: Tensor | None = None) -> tuple[Tensor, State]:
+        """One time step without dropout, for search (unidirectional layers only).
+
+        x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
+        computed (a decoder can table it per target token); state: (h, c) each (L, B, H); parents: (N,)
+        the state row each new row continues (None: row n continues row n). W_hh h is computed once per
+        distinct parent: in beam search several hypotheses often extend the same one.
+        Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
+        is a third of the work. Returns the top output (N, H) and the new state.
+        """
+        distinct, inverse = (None, None) if parents is None else torch.unique(parents, return_inverse=True)
+        hs, cs = [], []
+        for index, layer in enumerate(self.layers):
+            if index == 0 and first_gates is not None:
+                gates = first_gates
+            else:
+                gates = nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
+            h, c = state[0][index], state[1][index]  # (B, H)
+            if parents is None:
+                gates = torch.addmm(gates, h, layer.weight_hh_l0.t())
+            else:
+                gates = gates + (h[distinct] @ layer.weight_hh_l0.t())[inverse]
+                c = c[parents]
+            x, c = lstm_pointwise(gates, c)
+            hs.append(x)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
     def _forward_outputs_only(self, x: Tensor, masks: DropoutMasks | None, lengths: Tensor) -> Tensor:
         """Outputs of a right-padded batch without packing: a forward direction's outputs at valid steps do
         not depend on the padding after them; the backward direction reads each sequence reversed within

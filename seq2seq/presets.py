@@ -139,11 +139,17 @@ class TranslationTraining:
 
 @dataclass(frozen=True)
 class Decoding:
+    """Beam search settings. shortlist_per_source > 0: the recipe builds a lexical shortlist (each source
+    token's most probable IBM Model 1 translations plus the shortlist_frequent most frequent target
+    tokens, seq2seq.shortlist) and test decoding searches over it; 0: the whole vocabulary."""
+
     beam_size: int = 12
     alpha: float = 0.0
     max_len_a: float = 1.5
     max_len_b: int = 10
     batch_size: int = 64
+    shortlist_per_source: int = 0
+    shortlist_frequent: int = 150
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,8 @@ def translation_demo() -> TranslationPreset:
         data=TranslationData(dataset=None, dataset_config=None, max_train_pairs=None, train_prefix="data/multi30k/train",
                              valid_prefix="data/multi30k/val", test_prefix="data/multi30k/test_2016_flickr",
                              vocab_size=4000, spm_sample=100_000, tokenizer_dir="tokenizers/multi30k"),
-        decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10),
+        decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10, shortlist_per_source=30,
+                          shortlist_frequent=150),
     )
 
 
@@ -201,7 +208,8 @@ def translation_tiny() -> TranslationPreset:
         model=replace(demo.model, embedding_size=16, hidden_size=16, num_layers=2, dropout=0.1),
         training=replace(demo.training, epochs=2, max_tokens=200, warmup_steps=5, eval_every=20, lr=1e-2),
         data=replace(demo.data, vocab_size=300, tokenizer_dir=None, spm_sample=10_000),
-        decoding=Decoding(beam_size=3, alpha=0.6, max_len_a=1.5, max_len_b=5, batch_size=16),
+        decoding=Decoding(beam_size=3, alpha=0.6, max_len_a=1.5, max_len_b=5, batch_size=16, shortlist_per_source=5,
+                          shortlist_frequent=10),
     )
 
 

@@ -64,14 +64,43 @@ class Memory:
 
 @dataclass
 class DecoderState:
-    """The decoder's recurrent state (h, c) each (L, B, H), plus h~_{t-1} (B, H) under input feeding."""
+    """The decoder's recurrent state (h, c) each (L, B, H), plus h~_{t-1} (B, H) under input feeding.
+
+    select() is lazy: it records which stored row each new row continues (rows, (N,)), so that a step
+    computes W_hh h once per distinct parent when several beam hypotheses extend the same one."""
 
     h: Tensor
     c: Tensor
     feed: Tensor | None = None
+    rows: Tensor | None = None
 
     def select(self, index: Tensor) -> DecoderState:
-        return DecoderState(self.h[:, index], self.c[:, index], None if self.feed is None else self.feed[index])
+        return DecoderState(self.h, self.c, self.feed, index if self.rows is None else self.rows[index])
+
+    def resolved(self) -> DecoderState:
+        """The same state with its rows gathered."""
+        if self.rows is None:
+            return self
+        return DecoderState(self.h[:, self.rows], self.c[:, self.rows], None if self.feed is None else self.feed[self.rows])
+
+
+@dataclass
+class OutputSlice:
+    """The output layer cut to the target ids (U,) of a shortlist, for search: weight (U, H), bias (U,),
+    and mask (B, U), 0 where sentence b may emit ids[u] and -inf where it may not."""
+
+    ids: Tensor
+    weight: Tensor
+    bias: Tensor
+    mask: Tensor
+
+    def select(self, index: Tensor) -> OutputSlice:
+        """Keep / reorder sentences, and drop the ids none of them may emit (</s>, column 0, stays)."""
+        mask = self.mask[index]  # (B', U)
+        used = (mask == 0).any(dim=0).nonzero().squeeze(1)  # (U',)
+        if len(used) == len(self.ids):
+            return OutputSlice(self.ids, self.weight, self.bias, mask)
+        return OutputSlice(self.ids[used], self.weight[used], self.bias[used], mask[:, used])
 
 
 class Translator(nn.Module):
@@ -105,6 +134,7 @@ class Translator(nn.Module):
     def decode(self, tgt_in: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
         """Teacher-forced decoder over tgt_in (T, B). Returns the states that feed the softmax (T, B, H)."""
         embedded = self.tgt_embedding(tgt_in)  # (T, B, E)
+        state = state.resolved()
         if self.config.input_feeding:
             return self._decode_feeding(embedded, state, memory)
         top, (h, c) = self.decoder(embedded, (state.h, state.c))  # (T, B, H)
@@ -134,7 +164,45 @@ class Translator(nn.Module):
                                     label_smoothing=label_smoothing, ignore_index=PAD)
         return loss, (tgt_out != PAD).sum()
 
-    def step(self, tokens: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
-        """One decoding step for search. tokens: (B,) previous outputs. Returns log-probs (B, V)."""
-        top, state = self.decode(tokens.unsqueeze(0), state, memory)  # (1, B, H)
-        return torch.log_softmax(self.output(top[0]).float(), dim=-1), state
+    def output_slice(self, ids: Tensor, allowed: Tensor) -> OutputSlice:
+        """ids: (U,) target ids; allowed: (B, U) which of them each sentence may emit."""
+        mask = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+        return OutputSlice(ids, self.output.weight[ids], self.output.bias[ids], mask)
+
+    def step(self, tokens: Tensor, state: DecoderState, memory: Memory,
+             output: OutputSlice | None = None) -> tuple[Tensor, DecoderState]:
+        """One decoding step for search, without dropout. tokens: (N,) previous outputs, N = B * R: row
+        b * R + r is hypothesis r of sentence b, and memory holds the B sentences once (the R hypotheses of
+        a sentence attend to it like R time steps). Returns log-probs (N, V), or (N, U) over output.ids
+        normalised over each sentence's allowed ids, and the new state."""
+        gates = self._target_gates()[tokens]  # (N, 4H): layer 0's input projection of each token
+        if self.config.input_feeding:
+            feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
+            gates = gates.addmm(feed, self.decoder.layers[0].weight_ih_l0[:, self.config.embedding_size:].t())
+        top, (h, c) = self.decoder.step(None, (state.h, state.c), first_gates=gates, parents=state.rows)  # (N, H)
+        if self.attention is not None:
+            query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
+            top = self.attention(query, memory.keys, memory.outputs, memory.src_mask).transpose(0, 1)
+            top = top.reshape(tokens.shape[0], -1)  # (N, H)
+        if output is None:
+            logits = self.output(top)  # (N, V)
+        else:
+            logits = nn.functional.linear(top, output.weight, output.bias)  # (N, U)
+            logits = (logits.view(len(output.mask), -1, len(output.ids)) + output.mask.unsqueeze(1)).flatten(0, 1)
+        return torch.log_softmax(logits.float(), dim=-1), DecoderState(h, c, top if self.config.input_feeding else None)
+
+    def _target_gates(self) -> Tensor:
+        """W_ih E[y] + b_ih + b_hh of the decoder's first layer for every target token y: (V, 4H).
+
+        Search looks rows up instead of multiplying; the table is rebuilt whenever a weight it uses
+        changes (every in-place update bumps a tensor's version)."""
+        layer = self.decoder.layers[0]
+        used = (self.tgt_embedding.weight, layer.weight_ih_l0, layer.bias_ih_l0, layer.bias_hh_l0)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in used)
+        if getattr(self, "_gates_key", None) != key:
+            weight_ih = layer.weight_ih_l0[:, : self.config.embedding_size]  # (4H, E)
+            with torch.no_grad():
+                self._gates_table = nn.functional.linear(self.tgt_embedding.weight, weight_ih,
+                                                         layer.bias_ih_l0 + layer.bias_hh_l0)  # (V, 4H)
+            self._gates_key = key
+        return self._gates_table

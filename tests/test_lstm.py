@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lstm_reference import reference_stacked_lstm, weights_of
@@ -200,3 +201,18 @@ def test_masks_at_step_match_the_full_sequence():
         y_t, s = lstm(x[t : t + 1], s, masks.at(t))
         outputs.append(y_t)
     torch.testing.assert_close(torch.cat(outputs), y_full, atol=ATOL, rtol=0)
+
+
+def test_single_step_equals_reference_step_by_step():
+    lstm, x, state = make("zaremba", p=0.5)
+    lstm.eval()
+    y_ref, h_ref, c_ref = reference_stacked_lstm(x, weights_of(lstm), *state)
+    weight_ih, bias = lstm.layers[0].weight_ih_l0, lstm.layers[0].bias_ih_l0 + lstm.layers[0].bias_hh_l0
+    for first_gates in (False, True):
+        current = state
+        for t in range(T):
+            gates = nn.functional.linear(x[t], weight_ih, bias) if first_gates else None
+            y, current = lstm.step(None if first_gates else x[t], current, first_gates=gates)
+            torch.testing.assert_close(y, y_ref[t], atol=ATOL, rtol=0)
+        torch.testing.assert_close(current[0], h_ref, atol=ATOL, rtol=0)
+        torch.testing.assert_close(current[1], c_ref, atol=ATOL, rtol=0)

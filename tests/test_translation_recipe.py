@@ -31,7 +31,8 @@ def test_recipe_writes_model_results_and_curves(trained):
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["bleu"] == pytest.approx(results["bleu"])
     assert {"bleu", "chrf", "bleu_signature", "chrf_signature", "dev", "config", "wall_time_s", "versions"} <= set(on_disk)
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors", "source.model", "target.model"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors", "shortlist.safetensors",
+                                                                  "source.model", "target.model"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     dev = on_disk["dev"]
     assert len(dev) >= 2 and dev[-1]["ppl"] < dev[0]["ppl"]  # it learns
@@ -71,6 +72,24 @@ def test_cli_keeps_order_and_empty_lines_and_writes_nbest(trained):
     nbest = translate_cli("--model", str(out / "model"), "--nbest", "2", "--beam-size", "3", stdin="en1 en2\nen3\n")
     rows = [row.split(" ||| ") for row in nbest.stdout.splitlines()]
     assert [r[0] for r in rows] == ["0", "0", "1", "1"] and float(rows[0][2]) >= float(rows[1][2])
+
+
+def test_cli_shortlist_and_workers(trained, tmp_path):
+    root, out, _ = trained
+    test = ["--input", str(root / "test.en")]
+    default = translate_cli("--model", str(out / "model"), *test)  # the recipe's shortlist, 2 workers
+    assert default.returncode == 0 and default.stdout == (out / "test.hyp").read_text()
+    assert translate_cli("--model", str(out / "model"), *test, "--workers", "1").stdout == default.stdout
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in (out / "model").iterdir():
+        if f.name != "shortlist.safetensors":
+            (bare / f.name).write_bytes(f.read_bytes())
+    exact = translate_cli("--model", str(bare), *test)
+    assert translate_cli("--model", str(out / "model"), *test, "--no-shortlist").stdout == exact.stdout
+    missing = translate_cli("--model", str(bare), *test, "--shortlist")
+    assert missing.returncode == 2 and "has no shortlist.safetensors" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("case, message", [
