@@ -149,7 +149,7 @@ class Decoding:
     max_len_b: int = 10
     batch_size: int = 64
     shortlist_per_source: int = 0
-    shortlist_frequent: int = 150
+    shortlist_frequent: int = 300
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def translation_demo() -> TranslationPreset:
         data=TranslationData(dataset=None, dataset_config=None, max_train_pairs=None, train_prefix="data/multi30k/train",
                              valid_prefix="data/multi30k/val", test_prefix="data/multi30k/test_2016_flickr",
                              vocab_size=4000, spm_sample=100_000, tokenizer_dir="tokenizers/multi30k"),
-        decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10, shortlist_per_source=30,
-                          shortlist_frequent=150),
+        decoding=Decoding(beam_size=5, alpha=0.6, max_len_a=1.5, max_len_b=10, shortlist_per_source=5,
+                          shortlist_frequent=300),
     )
 
 

@@ -99,7 +99,7 @@ def ibm_model1(src_rows: list[list[int]], tgt_rows: list[list[int]], src_vocab_s
 
 
 def build_shortlist(src_rows: list[list[int]], tgt_rows: list[list[int]], src_vocab_size: int, tgt_vocab_size: int,
-                    per_source: int = 30, frequent: int = 150, iterations: int = 5) -> Shortlist:
+                    per_source: int = 5, frequent: int = 300, iterations: int = 5) -> Shortlist:
     """A shortlist from aligned training rows (no <s> / </s>): per source id its per_source most
     probable target ids under IBM Model 1, plus the `frequent` most frequent target ids. Source ids never
     seen in training, and <pad> / <s> / </s>, add only </s>."""

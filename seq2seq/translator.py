@@ -195,7 +195,7 @@ class Translator(nn.Module):
         """W_ih E[y] + b_ih + b_hh of the decoder's first layer for every target token y: (V, 4H).
 
         Search looks rows up instead of multiplying; the table is rebuilt whenever a weight it uses
-        changes (every in-place update bumps a tensor's version)."""
+        changes (optimiser steps and load_state_dict bump a tensor's version; writes through .data do not)."""
         layer = self.decoder.layers[0]
         used = (self.tgt_embedding.weight, layer.weight_ih_l0, layer.bias_ih_l0, layer.bias_hh_l0)
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in used)

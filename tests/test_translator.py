@@ -91,3 +91,34 @@ def test_tied_embeddings_share_one_matrix():
     assert model.output.weight is model.tgt_embedding.weight
     with pytest.raises(ValueError):
         TranslatorConfig(src_vocab_size=5, tgt_vocab_size=5, embedding_size=4, hidden_size=6, tie_embeddings=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_search_step_equals_teacher_forcing_and_follows_weight_updates(variant):
+    """step() reads layer 0's input gates from a per-token table; an optimiser update or a
+    load_state_dict must reach it."""
+    model = tiny(variant)
+    src, lengths, tgt_in, tgt_out = batch()
+
+    def stepped_log_probs():
+        memory, state = model.encode(src, lengths)
+        rows = []
+        for t in range(tgt_in.shape[0]):
+            log_probs, state = model.step(tgt_in[t], state, memory)
+            rows.append(log_probs)
+        return torch.stack(rows)  # (T, B, V)
+
+    def forced_log_probs():
+        memory, state = model.encode(src, lengths)
+        return torch.log_softmax(model.output(model.decode(tgt_in, state, memory)[0]), dim=-1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(stepped_log_probs(), forced_log_probs(), atol=1e-5, rtol=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss, _ = model(src, lengths, tgt_in, tgt_out)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(stepped_log_probs(), forced_log_probs(), atol=1e-5, rtol=0)
+        model.load_state_dict(tiny(variant, init_scale=0.9).state_dict())
+        torch.testing.assert_close(stepped_log_probs(), forced_log_probs(), atol=1e-5, rtol=0)
