@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from seq2seq import search
 from seq2seq.search import beam_search, greedy_search, length_penalty
 from seq2seq.tokenizer import BOS, EOS, PAD, UNK
 from seq2seq.translator import Translator, TranslatorConfig
@@ -98,3 +99,18 @@ def test_max_length_is_a_times_source_plus_b():
     for hyps in [beam_search(model, src, lengths, beam_size=3, max_len_a=0.5, max_len_b=1, nbest=3)]:
         for b, n in enumerate(hyps):
             assert all(len(h.tokens) <= math.floor(0.5 * lengths[b].item() + 1) for h in n)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
+@pytest.mark.parametrize("nbest", [1, 3])
+def test_early_stop_keeps_the_nbest_of_searching_on(monkeypatch, alpha, nbest):
+    """A sentence stops once no live hypothesis can enter its n-best; without that stop the search runs until
+    beam_size hypotheses have ended, and must return the same n-best."""
+    model = model_with(dict(attention=True, bidirectional_encoder=True), tgt_vocab=12, seed=3)
+    src, lengths = sources(seed=8, batch=6)
+    early = beam_search(model, src, lengths, beam_size=4, alpha=alpha, nbest=nbest, max_len_b=8)
+    monkeypatch.setattr(search, "cannot_improve", lambda finished, active, *args: torch.zeros(len(active), dtype=torch.bool))
+    late = beam_search(model, src, lengths, beam_size=4, alpha=alpha, nbest=nbest, max_len_b=8)
+    for a, b in zip(early, late):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
