@@ -178,9 +178,10 @@ def translation_paper() -> TranslationPreset:
 
 
 def translation_demo() -> TranslationPreset:
-    """Multi30k En->Fr on a 2-core CPU in about 23 minutes (test_2016_flickr BLEU 52.14, measured): 2 x 256
-    with a bidirectional encoder, Luong attention, tied decoder embeddings, zaremba dropout 0.2, label
-    smoothing, Adam 3e-3 with a linear schedule, beam 5. Init U(-0.3, 0.3): Adam moves each weight by
+    """Multi30k En->Fr on a 2-core CPU in 23-25 minutes (test_2016_flickr BLEU 52.29 over the shortlist, 52.14
+    exact, measured): 2 x 256 with a bidirectional encoder, Luong attention, tied decoder embeddings, zaremba
+    dropout 0.2, label smoothing, Adam 3e-3 with a linear schedule, beam 5 over a 5 + 300 lexical shortlist
+    (beam 5 over the 1,000 test sentences in 5.0 s with 2 workers). Init U(-0.3, 0.3): Adam moves each weight by
     about lr per step, so from the paper's U(-0.1, 0.1) a model this small spends its first few hundred
     steps near the unigram distribution (dev ppl 180 after 100 steps vs 33 after 150 with 0.3, measured)."""
     return TranslationPreset(
