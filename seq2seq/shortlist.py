@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .checkpoint import atomic_write
 from .errors import UserError
-from .tokenizer import BOS, EOS, PAD
+from .tokenizer import BOS, EOS, PAD, to_tensor
 
 SHORTLIST_NAME = "shortlist.safetensors"
 MAX_TABLE_ENTRIES = 200_000_000  # 800 MB of float32 translation table
@@ -82,8 +82,8 @@ def ibm_model1(src_rows: list[list[int]], tgt_rows: list[list[int]], src_vocab_s
     if (src_vocab_size + 1) * tgt_vocab_size > MAX_TABLE_ENTRIES:
         raise ValueError(f"a dense {src_vocab_size} x {tgt_vocab_size} translation table is too large for a shortlist")
     null = src_vocab_size
-    src, src_mask = _padded([[null, *row] for row in src_rows])  # (P, S)
-    tgt, tgt_mask = _padded(tgt_rows)  # (P, T)
+    src, src_mask = _batch_major([[null, *row] for row in src_rows])  # (P, S)
+    tgt, tgt_mask = _batch_major(tgt_rows)  # (P, T)
     table = torch.full((src_vocab_size + 1, tgt_vocab_size), 1.0 / tgt_vocab_size)
     for _ in range(iterations):
         counts = torch.zeros_like(table)
@@ -121,12 +121,8 @@ def load_shortlist(directory: str | Path, src_vocab_size: int, tgt_vocab_size: i
     return Shortlist.load(path, src_vocab_size, tgt_vocab_size) if path.is_file() else None
 
 
-def _padded(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """(P, L) ids (0-padded) and a (P, L) mask of real positions."""
-    width = max(1, max(map(len, rows), default=1))
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1.0
-    return ids, mask
+def _batch_major(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """(P, L) ids (<pad>-padded) and a (P, L) float mask of real positions."""
+    ids, lengths = to_tensor(rows)  # (L, P)
+    mask = torch.arange(ids.shape[0]).unsqueeze(0) < lengths.unsqueeze(1)  # (P, L)
+    return ids.t(), mask.float()
