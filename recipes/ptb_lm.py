@@ -33,7 +33,8 @@ from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.schedule import step_decay_lr
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
+                                    save_or_stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,13 +117,12 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
     hidden = (carried["h"].to(accelerator.device), carried["c"].to(accelerator.device)) if carried else None
     progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
-    tick = time.time()
+    clock = TrainingClock(state, ("train_time", "epoch_time"))
 
     def save() -> Path:
-        nonlocal tick
-        elapsed, tick = time.time() - tick, time.time()
-        state["train_time"], state["epoch_time"] = state["train_time"] + elapsed, state["epoch_time"] + elapsed
-        return checkpointer.save(model, optimizer, state, {} if hidden is None else {"h": hidden[0], "c": hidden[1]})
+        with clock.paused():
+            tensors = {} if hidden is None else {"h": hidden[0], "c": hidden[1]}
+            return checkpointer.save(model, optimizer, state, tensors)
 
     with progress, Interruption(accelerator) as interruption:
         while state["epoch"] < training.epochs and state["step"] < total:
@@ -139,14 +139,11 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
                 progress.set_postfix(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
                                      lr=f"{lr:.4g}", refresh=False)
                 save_or_stop(interruption, state["step"], args.checkpoint_every, save)
-            save_time = time.time()
-            state["train_time"] += save_time - tick
-            state["epoch_time"] += save_time - tick
-            end_of_epoch(model, streams, preset, accelerator, state, lr, progress)
-            if state["position"] >= len(starts):
-                state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
-                hidden = None
-            tick = time.time()
+            with clock.paused():
+                end_of_epoch(model, streams, preset, accelerator, state, lr, progress)
+                if state["position"] >= len(starts):
+                    state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
+                    hidden = None
             save()
     progress.close()
     return state

@@ -40,7 +40,8 @@ from seq2seq.speech.features import (IGNORE, FeatureConfig, FeatureSet, cached_e
 from seq2seq.speech.phones import FOLD_48_TO_39, collapse
 from seq2seq.speech.scoring import phone_error_rate
 from seq2seq.speech.timit import find_utterances, split_speakers
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
+                                    save_or_stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,15 +171,12 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
     state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
     progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
-    tick = time.time()
+    clock = TrainingClock(state)
 
     def save() -> Path:
         """A checkpoint of the current state, its time not counted as training time."""
-        nonlocal tick
-        state["train_time"] += time.time() - tick
-        path = checkpointer.save(model, optimizer, state)
-        tick = time.time()
-        return path
+        with clock.paused():
+            return checkpointer.save(model, optimizer, state)
 
     with progress, Interruption(accelerator) as interruption:
         while state["epoch"] < training.epochs and state["step"] < total:
@@ -190,17 +188,15 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
                 state["step"] += 1
                 state["position"] += 1
                 state["frames"] += int(batch["lengths"].sum()) * accelerator.num_processes
-                elapsed = state["train_time"] + time.time() - tick
                 progress.update(1)
                 progress.set_postfix(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
-                                     frames_s=f"{state['frames'] / elapsed:.0f}", refresh=False)
+                                     frames_s=f"{state['frames'] / clock.seconds():.0f}", refresh=False)
                 save_or_stop(interruption, state["step"], args.checkpoint_every, save)
-            state["train_time"] += time.time() - tick
-            if state["position"] >= len(mine):
-                state["epoch"], state["position"] = state["epoch"] + 1, 0
-            end_of_epoch(model, data, preset, accelerator, output_dir, state, progress)
-            checkpointer.save(model, optimizer, state)
-            tick = time.time()
+            with clock.paused():
+                if state["position"] >= len(mine):
+                    state["epoch"], state["position"] = state["epoch"] + 1, 0
+                end_of_epoch(model, data, preset, accelerator, output_dir, state, progress)
+                checkpointer.save(model, optimizer, state)
     progress.close()
     return state
 

@@ -38,7 +38,8 @@ from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.search import beam_search, greedy_search
 from seq2seq.shortlist import SHORTLIST_NAME, Shortlist, build_shortlist
 from seq2seq.tokenizer import Tokenizer, load_or_train
-from seq2seq.training_state import Checkpointer, Interruption, check_finite, check_run, resume, save_or_stop
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
+                                    save_or_stop)
 from seq2seq.translator import Translator
 
 
@@ -316,15 +317,12 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
     state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
     progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
                     mininterval=2.0)
-    tick = time.time()
+    clock = TrainingClock(state)
 
     def save() -> Path:
         """A checkpoint of the current state, its time not counted as training time."""
-        nonlocal tick
-        state["train_time"] += time.time() - tick
-        path = checkpointer.save(model, optimizer, state)
-        tick = time.time()
-        return path
+        with clock.paused():
+            return checkpointer.save(model, optimizer, state)
 
     with progress, Interruption(accelerator) as interruption:
         while state["step"] < total:
@@ -344,21 +342,19 @@ def train(model, optimizer, encoded, splits, toks, preset, args, accelerator, ou
                     continue
                 state["step"] += 1
                 progress.update(1)
-                elapsed = state["train_time"] + time.time() - tick
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{state['tokens'] / elapsed:.0f}",
-                                     refresh=False)
+                tokens_per_second = state["tokens"] / clock.seconds()
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{tokens_per_second:.0f}", refresh=False)
                 accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
                 if state["step"] % training.eval_every == 0 or state["step"] == total:
-                    state["train_time"] += time.time() - tick
-                    dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state,
-                                   state["epoch"] + state["position"] / len(mine))
-                    tick = time.time()
+                    with clock.paused():
+                        dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state,
+                                       state["epoch"] + state["position"] / len(mine))
                 save_or_stop(interruption, state["step"], args.checkpoint_every, save)
             if state["position"] >= len(mine):  # epoch end: the next one starts from its own seeded order
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
                 if accelerator.sync_gradients:
                     save()
-    state["train_time"] += time.time() - tick
+    clock.stop()
     if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
         dev_checkpoint(model, splits, encoded, toks, preset, accelerator, output_dir, state, state["epoch"])
     latest = checkpointer.latest()

@@ -17,6 +17,8 @@ import pickle
 import random
 import shutil
 import signal
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -146,6 +148,33 @@ class Interruption:
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, "max")
         return bool(flag.item())
+
+
+class TrainingClock:
+    """Seconds spent training, added to state[key] for each key (so they survive a resume); what runs in
+    paused() (checkpoints, evaluation) is not counted."""
+
+    def __init__(self, state: dict, keys: tuple[str, ...] = ("train_time",)):
+        self.state, self.keys, self.started = state, keys, time.time()
+
+    def seconds(self) -> float:
+        """Training time so far, the running stretch included."""
+        return self.state[self.keys[0]] + time.time() - self.started
+
+    def stop(self) -> None:
+        """Add the running stretch to the state."""
+        now = time.time()
+        for key in self.keys:
+            self.state[key] += now - self.started
+        self.started = now
+
+    @contextmanager
+    def paused(self):
+        self.stop()
+        try:
+            yield
+        finally:
+            self.started = time.time()
 
 
 def save_or_stop(interruption: Interruption, step: int, every: int, save) -> None:
