@@ -25,7 +25,8 @@ from seq2seq.metrics import corpus_scores
 from seq2seq.presets import translation_demo
 from seq2seq.shortlist import load_shortlist
 from seq2seq.tokenizer import Tokenizer
-from seq2seq.translate import load_translator, translate_lines
+from seq2seq.model_dir import load_translator
+from seq2seq.translate import translate_lines
 from seq2seq.translator import Translator
 
 

@@ -115,6 +115,7 @@ class TranslationData:
     joint_vocabulary: bool = False
     spm_sample: int = 2_000_000
     tokenizer_dir: str | None = None
+    data_files: tuple[str, ...] = ()  # local json/parquet files of a `translation`-schema dataset: SPLIT=PATH
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class Decoding:
     batch_size: int = 64
     shortlist_per_source: int = 0
     shortlist_frequent: int = 300
+    shortlist_pairs: int = 30_000  # the seeded sample of training pairs IBM Model 1 is trained on
 
 
 @dataclass(frozen=True)

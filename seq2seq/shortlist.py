@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -21,10 +22,10 @@ from torch import Tensor
 
 from .checkpoint import atomic_write
 from .errors import UserError
-from .tokenizer import BOS, EOS, PAD, to_tensor
+from .data.encoded import EncodedPairs
+from .tokenizer import BOS, EOS, PAD
 
 SHORTLIST_NAME = "shortlist.safetensors"
-MAX_TABLE_ENTRIES = 200_000_000  # 800 MB of float32 translation table
 
 
 @dataclass(frozen=True)
@@ -73,56 +74,100 @@ class Shortlist:
         return shortlist
 
 
-def ibm_model1(src_rows: list[list[int]], tgt_rows: list[list[int]], src_vocab_size: int, tgt_vocab_size: int,
-               iterations: int = 5, chunk: int = 2048) -> Tensor:
-    """IBM Model 1 translation probabilities t(f | e) by EM, with a NULL source word (the last row).
+def occurrences(pairs: EncodedPairs, null: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (source word, target word) pairing that IBM Model 1 sums over, target word by target word.
 
-    src_rows, tgt_rows: aligned id lists. Returns (Vs + 1, Vt); each row sums to 1 (or 0 for unseen words).
-    Dense: meant for subword vocabularies (Vs * Vt up to MAX_TABLE_ENTRIES)."""
-    if (src_vocab_size + 1) * tgt_vocab_size > MAX_TABLE_ENTRIES:
-        raise ValueError(f"a dense {src_vocab_size} x {tgt_vocab_size} translation table is too large for a shortlist")
-    null = src_vocab_size
-    src, src_mask = _batch_major([[null, *row] for row in src_rows])  # (P, S)
-    tgt, tgt_mask = _batch_major(tgt_rows)  # (P, T)
-    table = torch.full((src_vocab_size + 1, tgt_vocab_size), 1.0 / tgt_vocab_size)
+    For target token j of pair p, the block of its pairings is NULL followed by p's source tokens. Returns
+    e (N,) and f (N,) int64 ids, and block (M + 1,) int64 boundaries, one block per target token."""
+    src_len, tgt_len = np.diff(pairs.src_offsets), np.diff(pairs.tgt_offsets)  # (P,)
+    width = np.repeat(src_len + 1, tgt_len)  # (M,) pairings of each target token: NULL + the source
+    block = np.zeros(len(width) + 1, dtype=np.int64)
+    np.cumsum(width, out=block[1:])
+    within = np.arange(int(block[-1])) - np.repeat(block[:-1], width)  # (N,) 0 = NULL, i = source word i
+    first = np.repeat(np.repeat(pairs.src_offsets[:-1] - pairs.src_offsets[0], tgt_len), width)  # (N,)
+    src_ids = np.asarray(pairs.src[pairs.src_offsets[0] : pairs.src_offsets[-1]], dtype=np.int64)
+    tgt_ids = np.asarray(pairs.tgt[pairs.tgt_offsets[0] : pairs.tgt_offsets[-1]], dtype=np.int64)
+    source = np.append(src_ids, null)  # a real word for every index below
+    e = np.where(within == 0, null, source[np.minimum(first + within - 1, len(source) - 1)])
+    f = np.repeat(tgt_ids, width)
+    return e, f, block
+
+
+def local_entries(pairs: EncodedPairs, src_vocab_size: int, tgt_vocab_size: int):
+    """A chunk's distinct (e, f) keys (K,) sorted, the index into them of each pairing (N,) int32, and the
+    block boundaries. One sort of key << 26 | position finds both (numpy sorts int64 far faster than it
+    argsorts or hashes them)."""
+    e, f, block = occurrences(pairs, src_vocab_size)
+    if len(e) >= 1 << 26 or (src_vocab_size + 1) * tgt_vocab_size >= 1 << 37:
+        raise ValueError("a chunk of IBM Model 1 pairings is too large: use a smaller chunk")
+    packed = (e * tgt_vocab_size + f) << 26 | np.arange(len(e))
+    packed.sort()
+    key, position = packed >> 26, packed & ((1 << 26) - 1)
+    new = np.empty(len(key), dtype=bool)
+    new[:1], new[1:] = True, key[1:] != key[:-1]
+    rank = np.empty(len(key), dtype=np.int32)
+    rank[position] = np.cumsum(new) - 1
+    return key[new], rank, block
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    return values[np.append(True, values[1:] != values[:-1])]
+
+
+def ibm_model1(pairs: EncodedPairs, src_vocab_size: int, tgt_vocab_size: int, iterations: int = 5,
+               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IBM Model 1 translation probabilities t(f | e) by EM (Brown et al. 1993), with a NULL source word
+    (id src_vocab_size), over the word pairs that co-occur in some sentence pair: a sparse table, so a
+    32k x 32k vocabulary costs memory in proportion to the sample, not to Vs * Vt. Pairings are built
+    `chunk` pairs at a time and kept as an int32 index into the table (4 bytes each).
+
+    Returns (e, f, t): the table's entries sorted by e then f; each e's t sums to 1."""
+    local, keys = [], np.empty(0, dtype=np.int64)
+    for start in range(0, len(pairs), chunk):
+        local.append(local_entries(pairs.slice(start, start + chunk), src_vocab_size, tgt_vocab_size))
+        if len(local) % 16 == 0 or start + chunk >= len(pairs):  # merge the chunks' keys as they come: bounded memory
+            keys = sorted_unique(np.concatenate([keys, *(found for found, _, _ in local[-16:])]))
+    entries = []  # per chunk: (the table entry of each pairing, block boundaries)
+    for i, (found, rank, block) in enumerate(local):
+        entries.append((np.searchsorted(keys, found).astype(np.int32)[rank], block))
+        local[i] = None
+    entry_e, entry_f = keys // tgt_vocab_size, keys % tgt_vocab_size
+    t = np.full(len(keys), 1.0 / tgt_vocab_size)
     for _ in range(iterations):
-        counts = torch.zeros_like(table)
-        for start in range(0, len(src_rows), chunk):
-            e, f = src[start : start + chunk], tgt[start : start + chunk]
-            # E-step: the posterior of aligning target position j to source position i
-            p = table[e.unsqueeze(2), f.unsqueeze(1)] * src_mask[start : start + chunk].unsqueeze(2)  # (P, S, T)
-            p = p / p.sum(1, keepdim=True).clamp(min=1e-30) * tgt_mask[start : start + chunk].unsqueeze(1)
-            index = (e.unsqueeze(2).expand_as(p).reshape(-1), f.unsqueeze(1).expand_as(p).reshape(-1))
-            counts.index_put_(index, p.reshape(-1), accumulate=True)
-        table = counts / counts.sum(1, keepdim=True).clamp(min=1e-30)  # M-step
-    return table
+        counts = np.zeros(len(keys))
+        for entry, block in entries:
+            share = t[entry]  # (N,) t(f_j | e_i) of each pairing
+            share /= np.repeat(np.add.reduceat(share, block[:-1]), np.diff(block))  # E-step: over i for each j
+            counts += np.bincount(entry, weights=share, minlength=len(keys))
+        totals = np.bincount(entry_e, weights=counts, minlength=src_vocab_size + 1)  # M-step
+        t = counts / np.maximum(totals[entry_e], 1e-300)
+    return entry_e, entry_f, t
 
 
-def build_shortlist(src_rows: list[list[int]], tgt_rows: list[list[int]], src_vocab_size: int, tgt_vocab_size: int,
-                    per_source: int = 5, frequent: int = 300, iterations: int = 5) -> Shortlist:
-    """A shortlist from aligned training rows (no <s> / </s>): per source id its per_source most
-    probable target ids under IBM Model 1, plus the `frequent` most frequent target ids. Source ids never
-    seen in training, and <pad> / <s> / </s>, add only </s>."""
-    table = ibm_model1(src_rows, tgt_rows, src_vocab_size, tgt_vocab_size, iterations)[:src_vocab_size]  # (Vs, Vt)
-    table[:, [PAD, BOS]] = -1.0
-    translations = table.topk(min(per_source, tgt_vocab_size), dim=1).indices  # (Vs, N)
-    unseen = table.amax(dim=1) <= 0.0
-    unseen[[PAD, BOS, EOS]] = True
-    translations[unseen] = EOS
-    counts = torch.zeros(tgt_vocab_size).index_add_(0, torch.tensor([i for row in tgt_rows for i in row], dtype=torch.long),
-                                                     torch.ones(sum(map(len, tgt_rows))))
+def build_shortlist(sample: EncodedPairs, src_vocab_size: int, tgt_vocab_size: int, per_source: int = 5,
+                    frequent: int = 300, iterations: int = 5, target_counts: np.ndarray | None = None) -> Shortlist:
+    """A shortlist from aligned training pairs (no <s> / </s>): per source id its per_source most probable
+    target ids under IBM Model 1 on `sample`, plus the `frequent` most frequent target ids (counted by
+    target_counts (Vt,) when given, else in the sample). Source ids never seen, and <pad> / <s> / </s>, add
+    only </s>; a word seen with fewer than per_source targets fills its row with </s>."""
+    e, f, t = ibm_model1(sample, src_vocab_size, tgt_vocab_size, iterations)
+    keep = (e < src_vocab_size) & (f != PAD) & (f != BOS) & ~np.isin(e, [PAD, BOS, EOS])
+    e, f, t = e[keep], f[keep], t[keep]
+    order = np.lexsort((-t, e))  # by source id, most probable first (ties: smaller target id)
+    e, f = e[order], f[order]
+    rank = np.arange(len(e)) - np.searchsorted(e, e)  # position within its source id's list
+    top = rank < per_source
+    translations = np.full((src_vocab_size, per_source), EOS, dtype=np.int64)
+    translations[e[top], rank[top]] = f[top]
+    counts = target_counts if target_counts is not None else np.bincount(np.asarray(sample.tgt, dtype=np.int64),
+                                                                          minlength=tgt_vocab_size)
+    counts = torch.from_numpy(np.asarray(counts, dtype=np.float64)).clone()
     counts[[PAD, BOS]] = -1.0
-    return Shortlist(translations, counts.topk(min(frequent, tgt_vocab_size)).indices)
+    return Shortlist(torch.from_numpy(translations), counts.topk(min(frequent, tgt_vocab_size)).indices)
 
 
 def load_shortlist(directory: str | Path, src_vocab_size: int, tgt_vocab_size: int) -> Shortlist | None:
     """DIR/shortlist.safetensors, or None when the model directory has none."""
     path = Path(directory) / SHORTLIST_NAME
     return Shortlist.load(path, src_vocab_size, tgt_vocab_size) if path.is_file() else None
-
-
-def _batch_major(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    """(P, L) ids (<pad>-padded) and a (P, L) float mask of real positions."""
-    ids, lengths = to_tensor(rows)  # (L, P)
-    mask = torch.arange(ids.shape[0]).unsqueeze(0) < lengths.unsqueeze(1)  # (P, L)
-    return ids.t(), mask.float()

@@ -36,9 +36,9 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.processor.get_piece_size()
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Ids of each text, without <s> or </s>."""
-        return self.processor.encode(texts)
+    def encode(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+        """Ids of each text, without <s> or </s>; num_threads encoder threads (None: SentencePiece's default)."""
+        return self.processor.encode(texts, num_threads=num_threads)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Detokenised text of each id list; <pad>, <s> and </s> are dropped."""

@@ -20,34 +20,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_weights, read_config, write_json
+from .checkpoint import write_json
 from .data.batching import token_batches
 from .data.parallel import read_text_lines
 from .errors import ArgumentParser, UserError, exits_cleanly, positive
 from .metrics import check_aligned, corpus_scores
 from .search import Hypothesis, beam_search
 from .shortlist import SHORTLIST_NAME, Shortlist, load_shortlist
+from .model_dir import load_translator
 from .tokenizer import Tokenizer, to_tensor
-from .translator import Translator, TranslatorConfig
-
-
-def load_translator(directory: str | Path) -> tuple[Translator, Tokenizer, Tokenizer, dict]:
-    """Model (eval mode), source and target tokenizers, and the config payload of a model directory."""
-    directory = Path(directory)
-    payload = read_config(directory)
-    if payload.get("kind") != "Translator":
-        raise UserError(f"{directory}: holds a {payload.get('kind')}, not a Translator")
-    src_tok = Tokenizer(directory / payload.get("source_tokenizer", "source.model"))
-    tgt_tok = Tokenizer(directory / payload.get("target_tokenizer", "target.model"))
-    try:
-        config = TranslatorConfig(**payload["model"])
-    except (TypeError, ValueError, KeyError) as error:
-        raise UserError(f"{directory / 'config.json'}: invalid model config ({error})") from None
-    for tok, vocab, side in ((src_tok, config.src_vocab_size, "source"), (tgt_tok, config.tgt_vocab_size, "target")):
-        expected = payload.get(f"{side}_fingerprint")
-        if len(tok) != vocab or (expected and tok.fingerprint() != expected):
-            raise UserError(f"{tok.path}: this {side} tokenizer ({len(tok)} pieces) is not the one the model was trained with")
-    return load_weights(directory, Translator(config)).eval(), src_tok, tgt_tok, payload
 
 
 def translate_lines(model, src_tok: Tokenizer, tgt_tok: Tokenizer, lines: list[str], *, beam_size: int, alpha: float,
@@ -141,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                               shortlist=shortlist, workers=workers, **options)
     write_output(args.output, results, args.nbest)
     report = {"sentences": len(lines), "decoding": options | {"shortlist": shortlist is not None, "workers": workers},
-              "model": str(args.model)}
+              "model": str(args.model), "src_lang": payload.get("src_lang"), "tgt_lang": payload.get("tgt_lang")}
     if references is not None:
         scores = corpus_scores([r[0][0] for r in results], references)
         print(f"{scores['bleu_text']}\n{scores['bleu_signature']}\n{scores['chrf_text']}\n{scores['chrf_signature']}",

@@ -13,12 +13,14 @@ from recipe_runs import final_weights, recipe_args, run
 RTOL, ATOL = 1e-4, 1e-6
 
 
-def runs(tmp_path, recipe, extra, single_extra=()):
+def runs(tmp_path, recipe, extra, single_extra=(), logs=None):
     args = recipe_args(recipe, tmp_path / "data") + list(extra)
     one = run(args + ["--output-dir", str(tmp_path / "one"), *single_extra])
     two = run(args + ["--output-dir", str(tmp_path / "two")], processes=2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
+    if logs is not None:
+        logs.append(two.stdout + two.stderr)
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
     assert (results[0]["num_processes"], results[1]["num_processes"]) == (1, 2)
     return results
@@ -45,9 +47,13 @@ def test_ptb_two_processes_split_the_batch_columns(tmp_path):
 
 def test_translation_two_processes_equal_gradient_accumulation_of_two(tmp_path):
     # Each process takes every other batch; one process accumulating two batches sees the same pairs.
+    logs = []
     one, two = runs(tmp_path, "wmt14_enfr", ["--max-steps", "5", "--dropout", "0"],
-                    single_extra=["--gradient-accumulation-steps", "2"])
+                    single_extra=["--gradient-accumulation-steps", "2"], logs=logs)
     assert one["steps"] == two["steps"] == 5
+    # The corpus is prepared once, by the main process; the other maps the same files.
+    assert logs[0].count("preparing ") == 1 and logs[0].count("prepared 300 training pairs") == 1
+    assert f"process 1: mapped {tmp_path / 'two' / 'prepared'} (prepared by the main process)" in logs[0]
     assert two["dev"][-1]["ppl"] == pytest.approx(one["dev"][-1]["ppl"], rel=RTOL)
     assert_same_weights(tmp_path)
     # The test set is decoded once, in corpus order: every sentence, BLEU over all of them.

@@ -1,9 +1,12 @@
 import gzip
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from seq2seq.data.batching import collate, shard_evenly, token_batches
+from seq2seq.data.encoded import ArrayWriter, EncodedPairs
 from seq2seq.data.parallel import CleaningReport, clean_pairs, load_hf_pairs, read_parallel_text, read_tsv
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import BOS, EOS, PAD
@@ -86,16 +89,74 @@ def test_cleaning_counts_each_filter():
     assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 1, 1, 1)
 
 
+def plan_by_loop(src, tgt, max_tokens, max_sentences, seed, epoch, pool_batches, shuffle=True):
+    """The batch plan as the toolkit computed it before it ran on arrays: Python lists, sorted() per pool
+    and a greedy fill one example at a time, driven by the same seeded permutations."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(src)).tolist() if shuffle else list(range(len(src)))
+    size = [max(src[i], tgt[i]) + 1 for i in order]
+    pool = max(1, pool_batches * max_tokens // max(1, sum(size) // max(1, len(size))))
+    batches = []
+    for start in range(0, len(order), pool):
+        members = sorted(order[start : start + pool], key=lambda i: (tgt[i], src[i]))
+        current, longest = [], 0
+        for i in members:
+            longest_if_added = max(longest, max(src[i], tgt[i]) + 1)
+            full = max_sentences is not None and len(current) >= max_sentences
+            if current and (longest_if_added * (len(current) + 1) > max_tokens or full):
+                batches.append(current)
+                current, longest_if_added = [], max(src[i], tgt[i]) + 1
+            current.append(i)
+            longest = longest_if_added
+        if current:
+            batches.append(current)
+    return [batches[i] for i in rng.permutation(len(batches))] if shuffle else batches
+
+
+@pytest.mark.parametrize("max_tokens, max_sentences, shuffle", [(120, None, True), (50, 3, True), (10**6, 64, True),
+                                                                 (7, None, True), (200, None, False)])
+def test_batch_plan_from_arrays_equals_the_loop(max_tokens, max_sentences, shuffle):
+    src = np.array([1 + (i * 7) % 23 for i in range(500)], dtype=np.uint16)  # as a prepared corpus stores them
+    tgt = np.array([1 + (i * 5) % 19 for i in range(500)], dtype=np.uint16)
+    plan = token_batches(src, tgt, max_tokens, max_sentences=max_sentences, seed=3, epoch=1, pool_batches=10,
+                         shuffle=shuffle)
+    expected = plan_by_loop(src.tolist(), tgt.tolist(), max_tokens, max_sentences, 3, 1, 10, shuffle)
+    assert [b.tolist() for b in plan] == expected
+
+
 def test_token_batches_cover_everything_once_within_budget_and_are_seeded():
     src = [1 + (i * 7) % 23 for i in range(500)]
     tgt = [1 + (i * 5) % 19 for i in range(500)]
-    batches = token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)
+    batches = [b.tolist() for b in token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)]
     assert sorted(i for b in batches for i in b) == list(range(500))
     assert all(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) <= 120 for b in batches)
-    assert batches == token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)
-    assert batches != token_batches(src, tgt, max_tokens=120, seed=3, epoch=2, pool_batches=10)
+    again = token_batches(src, tgt, max_tokens=120, seed=3, epoch=1, pool_batches=10)
+    assert batches == [b.tolist() for b in again]
+    assert batches != [b.tolist() for b in token_batches(src, tgt, max_tokens=120, seed=3, epoch=2, pool_batches=10)]
     capped = token_batches(src, tgt, max_tokens=10**6, max_sentences=64, seed=0)
     assert max(len(b) for b in capped) == 64
+
+
+def test_corpus_batches_equal_collate_from_memory_or_memory_map(tmp_path):
+    rng = np.random.default_rng(0)
+    src = [rng.integers(4, 300, rng.integers(1, 9)).tolist() for _ in range(40)]
+    tgt = [rng.integers(4, 300, rng.integers(1, 9)).tolist() for _ in range(40)]
+    writers = [ArrayWriter(tmp_path / f"{side}.tokens.npy", tmp_path / f"{side}.offsets.npy", np.uint16)
+               for side in ("src", "tgt")]
+    for start in range(0, 40, 15):  # appended in chunks, as preparation does
+        writers[0].append(src[start : start + 15])
+        writers[1].append(tgt[start : start + 15])
+    assert [w.close() for w in writers] == [40, 40]
+    mapped, memory = EncodedPairs.open(tmp_path), EncodedPairs.from_rows(src, tgt)
+    assert isinstance(mapped.src, np.memmap) and mapped.src.dtype == np.uint16
+    for index in ([3, 17, 5], [0], list(range(40))):
+        expected = collate([src[i] for i in index], [tgt[i] for i in index], index)
+        for corpus in (mapped, memory):
+            batch = corpus.batch(np.array(index))
+            for name in ("src", "src_lengths", "tgt_in", "tgt_out", "index"):
+                assert torch.equal(getattr(batch, name), getattr(expected, name)), name
+    sample = mapped.select(np.array([5, 2]))
+    assert [sample.row(sample.tgt, sample.tgt_offsets, i) for i in range(2)] == [tgt[5], tgt[2]]
 
 
 def test_collate_pads_and_shifts_targets():

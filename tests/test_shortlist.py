@@ -3,10 +3,12 @@ search over a shortlist against teacher forcing renormalised over the same set."
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from test_search import model_with, sources
 
+from seq2seq.data.encoded import EncodedPairs
 from seq2seq.errors import UserError
 from seq2seq.search import beam_search, length_penalty
 from seq2seq.shortlist import Shortlist, build_shortlist, ibm_model1, load_shortlist
@@ -29,6 +31,14 @@ def reference_ibm1(src_rows, tgt_rows, src_vocab, tgt_vocab, iterations):
     return torch.tensor([[t[e, f] for f in range(tgt_vocab)] for e in range(src_vocab + 1)])
 
 
+def dense(src, tgt, src_vocab, tgt_vocab, iterations, **kwargs):
+    """Our sparse table written out as (Vs + 1, Vt), zeros where a pair never co-occurs."""
+    e, f, t = ibm_model1(EncodedPairs.from_rows(src, tgt), src_vocab, tgt_vocab, iterations, **kwargs)
+    table = torch.zeros(src_vocab + 1, tgt_vocab, dtype=torch.float64)
+    table[torch.from_numpy(e), torch.from_numpy(f)] = torch.from_numpy(t)
+    return table.float()
+
+
 def toy_corpus(pairs=60, vocab=10, seed=0):
     """Source word w translates to target word (w * 3) % vocab + 4 (ids from 4 up), in a shuffled order."""
     rng = random.Random(seed)
@@ -46,15 +56,33 @@ def translation(word, vocab):
 
 def test_ibm1_matches_the_equations_and_finds_the_dictionary():
     src, tgt = toy_corpus()
-    ours = ibm_model1(src, tgt, 10, 10, iterations=4, chunk=7)  # several chunks
+    ours = dense(src, tgt, 10, 10, iterations=4, chunk=7)  # several chunks of pairs
     torch.testing.assert_close(ours, reference_ibm1(src, tgt, 10, 10, 4), atol=1e-5, rtol=1e-4)
     for word in range(4, 10):
         assert int(ours[word].argmax()) == translation(word, 10)
 
 
+def test_ibm1_is_sparse_in_a_large_vocabulary():
+    """Ids spread over a 32k x 32k vocabulary: the table holds only co-occurring pairs, each row sums to 1."""
+    src, tgt = toy_corpus(pairs=200, vocab=40, seed=1)
+    spread = lambda rows: [[w * 800 for w in row] for row in rows]  # noqa: E731
+    e, f, t = ibm_model1(EncodedPairs.from_rows(spread(src), spread(tgt)), 32000, 32000, iterations=3)
+    assert len(t) < 40 * 40 * 2 and np.allclose(np.bincount(e, weights=t)[np.unique(e)], 1.0)
+    small = dense(src, tgt, 40, 40, iterations=3)
+    assert np.allclose(t, small[torch.from_numpy(np.where(e == 32000, 40, e // 800)), torch.from_numpy(f // 800)], atol=1e-6)
+
+
+def test_translations_are_the_top_of_each_row_of_the_table():
+    src, tgt = toy_corpus(pairs=80, vocab=12, seed=3)
+    table = dense(src, tgt, 12, 12, iterations=5)[:12]
+    shortlist = build_shortlist(EncodedPairs.from_rows(src, tgt), 12, 12, per_source=2, frequent=3)
+    for word in range(4, 12):
+        assert shortlist.translations[word].tolist() == table[word].topk(2).indices.tolist()
+
+
 def test_candidates_are_eos_frequent_and_translations_of_each_sentence():
     src_rows, tgt_rows = toy_corpus()
-    shortlist = build_shortlist(src_rows, tgt_rows, 10, 10, per_source=2, frequent=1)
+    shortlist = build_shortlist(EncodedPairs.from_rows(src_rows, tgt_rows), 10, 10, per_source=2, frequent=1)
     assert shortlist.translations.shape == (10, 2)
     assert (shortlist.translations[[PAD, BOS, EOS]] == EOS).all()  # specials add only </s>
     src, lengths = sources(seed=2, batch=4)
@@ -119,7 +147,7 @@ def test_search_over_a_shortlist_scores_teacher_forcing_renormalised(variant):
 
 
 def test_save_load_round_trip_and_vocabulary_check(tmp_path):
-    shortlist = build_shortlist(*toy_corpus(), 10, 10, per_source=3, frequent=2)
+    shortlist = build_shortlist(EncodedPairs.from_rows(*toy_corpus()), 10, 10, per_source=3, frequent=2)
     assert load_shortlist(tmp_path, 10, 10) is None
     shortlist.save(tmp_path / "shortlist.safetensors")
     loaded = load_shortlist(tmp_path, 10, 10)

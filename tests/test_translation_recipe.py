@@ -135,18 +135,6 @@ def test_unreachable_hub_points_to_the_demo(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "--preset demo" in err[0]
 
 
-def test_joint_vocabulary_is_one_model_for_both_sides(tmp_path):
-    import dataclasses
-
-    from seq2seq.presets import translation_tiny
-
-    data = dataclasses.replace(translation_tiny().data, joint_vocabulary=True, vocab_size=80)
-    pairs = [("en1 en2 en3", "Fr1 fr2 fr3."), ("en4 en5", "Fr4 fr5.")] * 50
-    src_tok, tgt_tok = wmt.tokenizers(data, pairs, tmp_path)
-    assert src_tok is tgt_tok and (tmp_path / "tokenizers" / "joint.model").is_file()
-    assert src_tok.decode(src_tok.encode(["Fr4 fr5."])) == ["Fr4 fr5."]
-
-
 def test_same_seed_same_run(trained, tmp_path):
     root, _, _ = trained
     common = ["--preset", "tiny", "--train-prefix", str(root / "train"), "--valid-prefix", str(root / "valid"),
@@ -156,3 +144,56 @@ def test_same_seed_same_run(trained, tmp_path):
     c = wmt.main([*common, "--output-dir", str(tmp_path / "c"), "--seed", "4"])
     assert a["dev"][-1]["ppl"] == b["dev"][-1]["ppl"] and a["test_ppl"] == b["test_ppl"]
     assert a["dev"][-1]["ppl"] != c["dev"][-1]["ppl"]
+
+
+def test_german_to_english_from_hub_schema_json_trains_translates_and_scores(tmp_path):
+    """Any pair: a local json file in the hub's `translation` schema for de-en, through the recipe's
+    prepared path, then `seq2seq-translate` with no language flag."""
+    rng = random.Random(1)
+    files = {}
+    for split, count in (("train", 400), ("validation", 30), ("test", 25)):
+        rows = []
+        for _ in range(count):
+            words = [rng.randrange(12) for _ in range(rng.randint(2, 6))]
+            rows.append({"translation": {"de": " ".join(f"de{w}" for w in words),
+                                         "en": " ".join(f"en{w}" for w in words).capitalize() + "."}})
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "test.de").write_text("".join(r["translation"]["de"] + "\n" for r in map(json.loads, files["test"].read_text().splitlines())))
+    (tmp_path / "test.en").write_text("".join(r["translation"]["en"] + "\n" for r in map(json.loads, files["test"].read_text().splitlines())))
+    out = tmp_path / "run"
+    results = wmt.main(["--preset", "tiny", "--output-dir", str(out), "--dataset", "json", "--src-lang", "de",
+                        "--tgt-lang", "en", "--data-files", *(f"{split}={path}" for split, path in files.items()),
+                        "--epochs", "3"])
+    assert (results["src_lang"], results["tgt_lang"]) == ("de", "en") and results["dev"][-1]["ppl"] < results["dev"][0]["ppl"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["src_lang"], config["tgt_lang"]) == ("de", "en")
+    assert sorted(p.name for p in (out / "prepared" / "tokenizers").iterdir()) == ["de.model", "en.model"]
+    run = translate_cli("--model", str(out / "model"), "--input", str(tmp_path / "test.de"), "--ref",
+                        str(tmp_path / "test.en"), "--results-json", str(tmp_path / "scores.json"))
+    assert run.returncode == 0, run.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["bleu"] == pytest.approx(results["bleu"]) and (scores["src_lang"], scores["tgt_lang"]) == ("de", "en")
+    assert run.stdout == (out / "test.hyp").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset-config", "fr-en"], "--dataset-config needs --dataset"),
+    (["--data-files", "x.json"], "--data-files needs --dataset"),
+    (["--src-lang", "de"], "train.de: no such file"),
+])
+def test_data_flags_apply_or_exit_2(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        wmt.main(["--preset", "demo", "--output-dir", str(tmp_path / "o"), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_test_prefix_alone_replaces_the_test_set(trained, tmp_path):
+    root, _, _ = trained
+    (tmp_path / "other.en").write_text("en1 en2\nen3\n")
+    (tmp_path / "other.fr").write_text("Fr1 fr2.\nFr3.\n")
+    results = wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
+                        "--valid-prefix", str(root / "valid"), "--test-prefix", str(tmp_path / "other"), "--max-steps", "2"])
+    assert len((tmp_path / "o" / "test.hyp").read_text().splitlines()) == 2 and "bleu" in results

@@ -34,38 +34,55 @@ def resolve(prefix: str | Path, lang: str) -> Path:
     raise UserError(f"{plain}: no such file (nor {compressed.name})")
 
 
-def read_text_lines(path: Path, skip_invalid: bool = False) -> list[str | None]:
-    """Decoded lines without their newline. Invalid UTF-8 is a UserError naming file and line, or with
-    skip_invalid that line comes back as None (so parallel files stay aligned). An unreadable file is
-    a UserError."""
-    lines = []
+def iter_text_lines(path: Path, skip_invalid: bool = False) -> Iterator[str | None]:
+    """Decoded lines without their newline, streamed. Invalid UTF-8 is a UserError naming file and line,
+    or with skip_invalid that line comes back as None (so parallel files stay aligned). An unreadable
+    file is a UserError."""
     try:
         with open_text(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
-                    lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                    yield raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as error:
                     if not skip_invalid:
                         raise UserError(f"{path}, line {number}: invalid UTF-8 ({error.reason}); "
                                         f"--skip-invalid-utf8 drops such lines") from None
-                    lines.append(None)
+                    yield None
     except (OSError, EOFError) as error:
         raise UserError(f"{path}: cannot be read ({error})") from None
-    return lines
+
+
+def read_text_lines(path: Path, skip_invalid: bool = False) -> list[str | None]:
+    """All of iter_text_lines as a list."""
+    return list(iter_text_lines(path, skip_invalid))
+
+
+def iter_parallel_text(prefix: str | Path, src_lang: str, tgt_lang: str, skip_invalid: bool = False,
+                       report: CleaningReport | None = None) -> Iterator[Pair]:
+    """Pairs from PREFIX.SRC and PREFIX.TGT (each optionally .gz), streamed in bounded memory; the files
+    must have equal line counts (checked when the shorter one ends). With skip_invalid, a pair with
+    invalid UTF-8 on either side is dropped and counted in report."""
+    src_path, tgt_path = resolve(prefix, src_lang), resolve(prefix, tgt_lang)
+    src, tgt = iter_text_lines(src_path, skip_invalid), iter_text_lines(tgt_path, skip_invalid)
+    counted = 0
+    for a, b in itertools.zip_longest(src, tgt, fillvalue=EOFError):
+        if a is EOFError or b is EOFError:
+            rest = 1 + sum(1 for _ in (src if b is EOFError else tgt))
+            n_src, n_tgt = (counted + rest, counted) if b is EOFError else (counted, counted + rest)
+            raise UserError(f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; parallel files must "
+                            f"align line by line")
+        counted += 1
+        if a is None or b is None:
+            if report is not None:
+                report.invalid_utf8 += 1
+            continue
+        yield a, b
 
 
 def read_parallel_text(prefix: str | Path, src_lang: str, tgt_lang: str, skip_invalid: bool = False,
                        report: CleaningReport | None = None) -> list[Pair]:
-    """Pairs from PREFIX.SRC and PREFIX.TGT (each optionally .gz), which must have equal line counts.
-    With skip_invalid, a pair with invalid UTF-8 on either side is dropped and counted in report."""
-    src_path, tgt_path = resolve(prefix, src_lang), resolve(prefix, tgt_lang)
-    src, tgt = read_text_lines(src_path, skip_invalid), read_text_lines(tgt_path, skip_invalid)
-    if len(src) != len(tgt):
-        raise UserError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; parallel files must align line by line")
-    pairs = [(a, b) for a, b in zip(src, tgt) if a is not None and b is not None]
-    if report is not None:
-        report.invalid_utf8 += len(src) - len(pairs)
-    return pairs
+    """All of iter_parallel_text as a list."""
+    return list(iter_parallel_text(prefix, src_lang, tgt_lang, skip_invalid, report))
 
 
 def read_tsv(path: str | Path) -> list[Pair]:

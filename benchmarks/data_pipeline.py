@@ -1,0 +1,218 @@
+"""The translation data stage at scale: preparation speed against SentencePiece's own encoding rate, peak
+memory, disk, time to the first training step (cold and warm), and the batch loader against training.
+
+    python benchmarks/data_pipeline.py --pairs 1000000 4000000
+    python benchmarks/data_pipeline.py --train-prefix corpus/train --pairs 0      # given files instead
+
+A corpus of N pairs with WMT-like lengths is generated from the bundled Multi30k (two random training
+sentences joined on each side, ~24 words, seeded); valid/test are 200 bundled pairs each. Everything runs
+with the demo preset's data settings (4k SentencePiece per language on a 100k-pair sample, a 5 + 300
+shortlist) through `seq2seq-prepare` in a child process, so its peak RSS is the preparation's own.
+Prints one table row per corpus size and the extrapolation to 12M and 40.8M pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from seq2seq.data.batching import token_batches  # noqa: E402
+from seq2seq.data.prepared import open_prepared  # noqa: E402
+from seq2seq.presets import translation_demo  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def bundled_lines(name: str, lang: str) -> list[str]:
+    with gzip.open(ROOT / "data" / "multi30k" / f"{name}.{lang}.gz", "rt", encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def generate(prefix: Path, pairs: int, seed: int = 0) -> None:
+    """PREFIX.en / PREFIX.fr: each line two random Multi30k training sentences joined."""
+    if prefix.with_suffix(".fr").is_file():
+        return
+    en, fr = bundled_lines("train", "en"), bundled_lines("train", "fr")
+    rng = np.random.default_rng(seed)
+    with prefix.with_suffix(".en").open("w") as src, prefix.with_suffix(".fr").open("w") as tgt:
+        for start in range(0, pairs, 100_000):
+            i, j = rng.integers(0, len(en), (2, min(100_000, pairs - start)))
+            src.write("".join(f"{en[a]} {en[b]}\n" for a, b in zip(i, j)))
+            tgt.write("".join(f"{fr[a]} {fr[b]}\n" for a, b in zip(i, j)))
+
+
+def small_split(prefix: Path, name: str) -> None:
+    for lang in ("en", "fr"):
+        prefix.with_suffix(f".{lang}").write_text("\n".join(bundled_lines(name, lang)[:200]) + "\n")
+
+
+def data_flags(train: Path, work: Path) -> list[str]:
+    return ["--train-prefix", str(train), "--valid-prefix", str(work / "valid"), "--test-prefix", str(work / "test")]
+
+
+def prepare_in_child(train: Path, work: Path, output: Path) -> dict:
+    """seq2seq-prepare in a fresh process: its wall time and its own peak RSS."""
+    code = ("import json, resource, sys, time; from seq2seq.prepare import main; t = time.time(); "
+            "m = main(sys.argv[1:]); print('RESULT', json.dumps({'wall': time.time() - t, 'manifest': m, "
+            "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    done = subprocess.run([sys.executable, "-c", code, "--preset", "demo", "--output", str(output),
+                           *data_flags(train, work)], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+def sentencepiece_rate(train: Path, corpus) -> float:
+    """Pairs/s of SentencePiece's own batch encoding of both sides (num_threads = cores), the texts read
+    beforehand: the limit of any pass that must tokenise everything."""
+    seconds, count = 0.0, 0
+    with train.with_suffix(".en").open() as src, train.with_suffix(".fr").open() as tgt:
+        while True:
+            chunk = [(a.rstrip("\n"), b.rstrip("\n")) for _, a, b in zip(range(200_000), src, tgt)]
+            if not chunk:
+                return count / seconds
+            started = time.perf_counter()
+            corpus.src_tok.processor.encode([a for a, _ in chunk], num_threads=CORES)
+            corpus.tgt_tok.processor.encode([b for _, b in chunk], num_threads=CORES)
+            seconds += time.perf_counter() - started
+            count += len(chunk)
+
+
+def first_step(train: Path, work: Path, prepared: Path, output: Path) -> float:
+    """Seconds from launching the recipe to its first update (the recipe measures it from process start)."""
+    shutil.rmtree(output, ignore_errors=True)
+    done = subprocess.run([sys.executable, "recipes/wmt14_enfr.py", "--preset", "demo", *data_flags(train, work),
+                           "--prepared", str(prepared), "--output-dir", str(output), "--max-steps", "1"],
+                          capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads((output / "results.json").read_text())["first_update_s"]
+
+
+def loader_and_training(prepared: Path) -> dict:
+    """The epoch's batch plan (time, memory), then batches/s of the loader alone vs the demo model's steps/s."""
+    corpus = open_prepared(prepared)
+    train, preset = corpus.splits["train"], translation_demo()
+    tracemalloc.start()
+    started = time.perf_counter()
+    plan = token_batches(train.src_lengths(), train.tgt_lengths(), preset.training.max_tokens, seed=0)
+    plan_s = time.perf_counter() - started
+    plan_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    started = time.perf_counter()
+    for indices in plan[:2000]:
+        train.batch(indices)
+    loader = min(2000, len(plan)) / (time.perf_counter() - started)
+    torch.manual_seed(0)
+    config = dict(src_vocab_size=len(corpus.src_tok), tgt_vocab_size=len(corpus.tgt_tok))
+    model = Translator(type(preset.model)(**{**preset.model.__dict__, **config}))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = [train.batch(indices) for indices in plan[:12]]
+    for i, batch in enumerate(batches):
+        if i == 2:  # two warm-up steps
+            started = time.perf_counter()
+        loss, count = model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, 0.1)
+        (loss / count).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    steps = 10 / (time.perf_counter() - started)
+    return {"plan_s": plan_s, "plan_mb": plan_mb, "batches": len(plan), "loader_batches_s": loader,
+            "train_steps_s": steps}
+
+
+def disk_mb(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20
+
+
+def measure(pairs: int, train: Path, work: Path) -> dict:
+    prepared = work / f"prepared-{pairs}"
+    shutil.rmtree(prepared, ignore_errors=True)
+    cold = first_step(train, work, prepared, work / "run-cold")  # prepares on the way
+    timings_cold = json.loads((prepared / "manifest.json").read_text())["timings"]
+    warm = first_step(train, work, prepared, work / "run-warm")
+    shutil.rmtree(prepared)
+    child = prepare_in_child(train, work, prepared)
+    corpus = open_prepared(prepared)
+    count = corpus.manifest["counts"]["train"]["pairs"]
+    timings = child["manifest"]["timings"]
+    spm_rate = sentencepiece_rate(train, corpus)
+    without_shortlist = timings["total_s"] - timings.get("shortlist_s", 0.0)
+    row = {"pairs": count, "spm_pairs_s": spm_rate, "prepare_wall_s": child["wall"], "timings": timings,
+           "prepare_pairs_s": count / without_shortlist, "encode_pass_pairs_s": count / timings["encode_s"],
+           "efficiency": count / without_shortlist / spm_rate, "encode_efficiency": count / timings["encode_s"] / spm_rate,
+           "shortlist_share": timings.get("shortlist_s", 0.0) / timings["total_s"], "rss_mb": child["rss_mb"],
+           "disk_mb_per_million": disk_mb(prepared) / count * 1e6, "first_step_cold_s": cold,
+           "first_step_warm_s": warm, "cold_prepare_s": timings_cold["total_s"], **loader_and_training(prepared)}
+    row["loader_vs_training"] = row["loader_batches_s"] / row["train_steps_s"]
+    return row
+
+
+def report(rows: list[dict]) -> None:
+    print(f"\nCPU: {torch.backends.cpu.get_cpu_capability()}, {CORES} cores")
+    print("| pairs | SentencePiece alone | preparation (no shortlist) | encode pass | shortlist | total | "
+          "peak RSS | disk / 1M pairs | first step cold / warm | plan | loader / training |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["timings"]
+        print(f"| {r['pairs']:,} | {r['spm_pairs_s']:,.0f} pairs/s | {r['prepare_pairs_s']:,.0f} pairs/s "
+              f"({r['efficiency']:.0%}) | {r['encode_pass_pairs_s']:,.0f} pairs/s ({r['encode_efficiency']:.0%}) | "
+              f"{t.get('shortlist_s', 0):.1f} s ({r['shortlist_share']:.0%}) | {t['total_s']:.1f} s | {r['rss_mb']:,.0f} MB | "
+              f"{r['disk_mb_per_million']:,.0f} MB | {r['first_step_cold_s']:.1f} / {r['first_step_warm_s']:.1f} s | "
+              f"{r['plan_s']:.2f} s, {r['plan_mb']:.0f} MB | {r['loader_batches_s']:,.0f} / {r['train_steps_s']:.2f} "
+              f"steps/s = {r['loader_vs_training']:,.0f}x |")
+    last = rows[-1]
+    for target in (12_000_000, 40_800_000):
+        scale = target / last["pairs"]
+        fixed = last["timings"].get("sentencepiece_training_s", 0.0) + last["timings"].get("shortlist_s", 0.0)
+        variable = last["timings"]["total_s"] - fixed
+        two = fixed + variable * scale
+        spm_core = last["spm_pairs_s"] / CORES
+        reader = last["pairs"] / last["timings"]["encode_s"] * CORES  # the single Python reader, if alone
+        many = fixed + target / min(spm_core * 32, reader)
+        print(f"{target / 1e6:.1f}M pairs: disk {last['disk_mb_per_million'] * target / 1e6 / 1024:.1f} GB, "
+              f"preparation ~{two / 60:.0f} min on {CORES} cores, ~{many / 60:.0f} min on 32 (bounded by the "
+              f"{min(spm_core * 32, reader):,.0f} pairs/s of SentencePiece or the reader), batch plan "
+              f"~{last['plan_mb'] * scale / 1024:.1f} GB per rank (the arrays are mapped, shared by the ranks)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--train-prefix", type=Path, help="given PREFIX.en / PREFIX.fr instead of generated pairs")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/data_pipeline"))
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    small_split(work / "valid", "val")
+    small_split(work / "test", "test_2016_flickr")
+    rows = []
+    for pairs in args.pairs:
+        train = args.train_prefix or work / f"train-{pairs}"
+        if not args.train_prefix:
+            generate(train, pairs)
+        rows.append(measure(pairs, train.resolve(), work))
+        print(json.dumps(rows[-1]), flush=True)
+    report(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": torch.backends.cpu.get_cpu_capability(), "cores": CORES,
+                                         "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
