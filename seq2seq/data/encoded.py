@@ -5,6 +5,7 @@ that map the same files share one copy in the page cache."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,49 @@ class EncodedPairs:
                      torch.from_numpy(tgt_in.T.copy()), torch.from_numpy(tgt_out.T.copy()), torch.from_numpy(index))
 
 
+def concatenate(parts: list[EncodedPairs]) -> EncodedPairs:
+    """In-memory corpora one after the other (offsets of each counting from its own start)."""
+    sides = []
+    for side in SIDES:
+        flats = [np.asarray(getattr(p, side)[getattr(p, f"{side}_offsets")[0] : getattr(p, f"{side}_offsets")[-1]])
+                 for p in parts]
+        lengths = np.concatenate([np.diff(getattr(p, f"{side}_offsets")) for p in parts] or [np.zeros(0, np.int64)])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        sides += [np.concatenate(flats) if flats else np.zeros(0, np.int32), offsets]
+    return EncodedPairs(*sides)
+
+
+def read_chunks(directory: str | Path, rows: int = 1 << 18) -> Iterator[tuple[int, EncodedPairs]]:
+    """(first row, the next `rows` pairs in memory) over a corpus written by ArrayWriter, read with plain
+    reads: a pass over every pair that does not leave the whole file mapped (and counted in the RSS)."""
+    files = {f"{side}.{kind}": NpyRange(Path(directory) / f"{side}.{kind}.npy") for side in SIDES
+             for kind in ("tokens", "offsets")}
+    count = files["src.offsets"].length - 1
+    for start in range(0, count, rows):
+        stop = min(count, start + rows)
+        arrays = []
+        for side in SIDES:
+            offsets = files[f"{side}.offsets"].read(start, stop + 1)
+            arrays += [files[f"{side}.tokens"].read(int(offsets[0]), int(offsets[-1])), offsets - offsets[0]]
+        yield start, EncodedPairs(*arrays)
+
+
+class NpyRange:
+    """Ranges of a 1-D .npy file by plain reads."""
+
+    def __init__(self, path: Path):
+        with path.open("rb") as handle:
+            np.lib.format.read_magic(handle)
+            (self.length,), _, self.dtype = np.lib.format.read_array_header_1_0(handle)
+            self.start, self.path = handle.tell(), path
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        with self.path.open("rb") as handle:
+            handle.seek(self.start + start * self.dtype.itemsize)
+            return np.fromfile(handle, dtype=self.dtype, count=stop - start)
+
+
 def _gather(flat: np.ndarray, offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lengths = offsets[index + 1] - offsets[index]  # (K,)
     new_offsets = np.zeros(len(index) + 1, dtype=np.int64)
@@ -137,15 +181,16 @@ class ArrayWriter:
         self.handle.close()
         self.lengths.flush()
         rows = self.lengths.tell() // 8
-        offsets = np.lib.format.open_memmap(self.offsets_path, mode="w+", dtype=np.int64, shape=(rows + 1,))
-        offsets[0], total, chunk = 0, 0, 1 << 22
-        for start in range(0, rows, chunk):  # cumulative sum in bounded memory
-            self.lengths.seek(start * 8)
-            lengths = np.fromfile(self.lengths, dtype=np.int64, count=min(chunk, rows - start))
-            offsets[start + 1 : start + 1 + len(lengths)] = total + np.cumsum(lengths)
-            total = int(offsets[start + len(lengths)])
-        offsets.flush()
-        del offsets
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int64)), "fortran_order": False, "shape": (rows + 1,)}
+        with self.offsets_path.open("wb") as out:  # plain writes: no writable map of a file as large as the corpus
+            np.lib.format.write_array_header_1_0(out, header)
+            np.zeros(1, dtype=np.int64).tofile(out)
+            total, chunk = 0, 1 << 22
+            for start in range(0, rows, chunk):  # cumulative sum in bounded memory
+                self.lengths.seek(start * 8)
+                offsets = total + np.cumsum(np.fromfile(self.lengths, dtype=np.int64, count=min(chunk, rows - start)))
+                offsets.tofile(out)
+                total = int(offsets[-1])
         self.lengths.close()
         Path(self.lengths.name).unlink()
         return rows

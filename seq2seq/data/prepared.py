@@ -38,7 +38,7 @@ from ..checkpoint import write_json
 from ..errors import UserError
 from ..shortlist import SHORTLIST_NAME, Shortlist, build_shortlist
 from ..tokenizer import Tokenizer, train_sentencepiece
-from .encoded import SIDES, ArrayWriter, EncodedPairs, token_dtype
+from .encoded import SIDES, ArrayWriter, EncodedPairs, concatenate, read_chunks, token_dtype
 from .parallel import CleaningReport, Pair, clean_pairs, iter_parallel_text, load_hf_pairs, open_text, resolve
 
 MANIFEST = "manifest.json"
@@ -403,15 +403,16 @@ def encode_split(pairs: Iterable[Pair], tokenizers, directory: Path, threads: in
 
 def make_shortlist(decoding, partial: Path, tokenizers, seed: int) -> None:
     """IBM Model 1 on a seeded sample of the encoded training pairs (all of them when there are fewer);
-    the frequent-token list counts the whole training target side."""
-    train = EncodedPairs.open(partial / "train")
-    rng = np.random.default_rng([seed, 1])
-    size = min(len(train), decoding.shortlist_pairs)
-    sample = train.select(np.sort(rng.choice(len(train), size, replace=False)) if size < len(train) else np.arange(size))
+    the frequent-token list counts the whole training target side. One streamed pass over the arrays."""
+    pairs = np.load(partial / "train" / "src.offsets.npy", mmap_mode="r").shape[0] - 1
+    size = min(pairs, decoding.shortlist_pairs)
+    chosen = np.sort(np.random.default_rng([seed, 1]).choice(pairs, size, replace=False)) if size < pairs else np.arange(pairs)
     vocab = len(tokenizers[1])
-    counts = np.zeros(vocab, dtype=np.int64)
-    for start in range(0, len(train.tgt), 1 << 24):
-        counts += np.bincount(np.asarray(train.tgt[start : start + (1 << 24)], dtype=np.int64), minlength=vocab)
-    shortlist = build_shortlist(sample, len(tokenizers[0]), vocab, decoding.shortlist_per_source,
+    counts, parts = np.zeros(vocab, dtype=np.int64), []
+    for start, chunk in read_chunks(partial / "train"):
+        counts += np.bincount(chunk.tgt, minlength=vocab)
+        mine = chosen[(chosen >= start) & (chosen < start + len(chunk))] - start
+        parts.append(chunk.select(mine))
+    shortlist = build_shortlist(concatenate(parts), len(tokenizers[0]), vocab, decoding.shortlist_per_source,
                                 decoding.shortlist_frequent, target_counts=counts)
     shortlist.save(partial / SHORTLIST_NAME, metadata={"sample_pairs": str(size)})
