@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from seq2seq.data.batching import token_batches  # noqa: E402
+from seq2seq.data.parallel import clean_pairs, iter_parallel_text  # noqa: E402
 from seq2seq.data.prepared import open_prepared  # noqa: E402
 from seq2seq.presets import translation_demo  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
@@ -93,6 +95,14 @@ def sentencepiece_rate(train: Path, corpus) -> float:
             count += len(chunk)
 
 
+def reader_rate(train: Path, limit: int = 1_000_000) -> float:
+    """Pairs/s of the single Python thread that reads, decodes and cleans (the part SentencePiece's
+    threads do not share): the bound of an encode pass on many cores."""
+    started = time.perf_counter()
+    count = sum(1 for _ in itertools.islice(clean_pairs(iter_parallel_text(train, "en", "fr")), limit))
+    return count / (time.perf_counter() - started)
+
+
 def first_step(train: Path, work: Path, prepared: Path, output: Path) -> float:
     """Seconds from launching the recipe to its first update (the recipe measures it from process start)."""
     shutil.rmtree(output, ignore_errors=True)
@@ -150,9 +160,9 @@ def measure(pairs: int, train: Path, work: Path) -> dict:
     corpus = open_prepared(prepared)
     count = corpus.manifest["counts"]["train"]["pairs"]
     timings = child["manifest"]["timings"]
-    spm_rate = sentencepiece_rate(train, corpus)
+    spm_rate, reader = sentencepiece_rate(train, corpus), reader_rate(train)
     without_shortlist = timings["total_s"] - timings.get("shortlist_s", 0.0)
-    row = {"pairs": count, "spm_pairs_s": spm_rate, "prepare_wall_s": child["wall"], "timings": timings,
+    row = {"pairs": count, "spm_pairs_s": spm_rate, "reader_pairs_s": reader, "prepare_wall_s": child["wall"], "timings": timings,
            "prepare_pairs_s": count / without_shortlist, "encode_pass_pairs_s": count / timings["encode_s"],
            "efficiency": count / without_shortlist / spm_rate, "encode_efficiency": count / timings["encode_s"] / spm_rate,
            "shortlist_share": timings.get("shortlist_s", 0.0) / timings["total_s"], "rss_mb": child["rss_mb"],
@@ -164,12 +174,12 @@ def measure(pairs: int, train: Path, work: Path) -> dict:
 
 def report(rows: list[dict]) -> None:
     print(f"\nCPU: {torch.backends.cpu.get_cpu_capability()}, {CORES} cores")
-    print("| pairs | SentencePiece alone | preparation (no shortlist) | encode pass | shortlist | total | "
+    print("| pairs | SentencePiece alone | reader | preparation (no shortlist) | encode pass | shortlist | total | "
           "peak RSS | disk / 1M pairs | first step cold / warm | plan | loader / training |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["timings"]
-        print(f"| {r['pairs']:,} | {r['spm_pairs_s']:,.0f} pairs/s | {r['prepare_pairs_s']:,.0f} pairs/s "
+        print(f"| {r['pairs']:,} | {r['spm_pairs_s']:,.0f} pairs/s | {r['reader_pairs_s']:,.0f} pairs/s | {r['prepare_pairs_s']:,.0f} pairs/s "
               f"({r['efficiency']:.0%}) | {r['encode_pass_pairs_s']:,.0f} pairs/s ({r['encode_efficiency']:.0%}) | "
               f"{t.get('shortlist_s', 0):.1f} s ({r['shortlist_share']:.0%}) | {t['total_s']:.1f} s | {r['rss_mb']:,.0f} MB | "
               f"{r['disk_mb_per_million']:,.0f} MB | {r['first_step_cold_s']:.1f} / {r['first_step_warm_s']:.1f} s | "
@@ -181,13 +191,14 @@ def report(rows: list[dict]) -> None:
         fixed = last["timings"].get("sentencepiece_training_s", 0.0) + last["timings"].get("shortlist_s", 0.0)
         variable = last["timings"]["total_s"] - fixed
         two = fixed + variable * scale
-        spm_core = last["spm_pairs_s"] / CORES
-        reader = last["pairs"] / last["timings"]["encode_s"] * CORES  # the single Python reader, if alone
-        many = fixed + target / min(spm_core * 32, reader)
+        bound = min(last["spm_pairs_s"] / CORES * 32, last["reader_pairs_s"])  # SentencePiece on 32 cores, or the reader
+        many = fixed + target / bound
+        per_rank = (last["plan_mb"] + 8 * last["pairs"] / 2**20) * scale  # the plan and the two int32 length arrays
         print(f"{target / 1e6:.1f}M pairs: disk {last['disk_mb_per_million'] * target / 1e6 / 1024:.1f} GB, "
-              f"preparation ~{two / 60:.0f} min on {CORES} cores, ~{many / 60:.0f} min on 32 (bounded by the "
-              f"{min(spm_core * 32, reader):,.0f} pairs/s of SentencePiece or the reader), batch plan "
-              f"~{last['plan_mb'] * scale / 1024:.1f} GB per rank (the arrays are mapped, shared by the ranks)")
+              f"preparation ~{two / 60:.0f} min on {CORES} cores, ~{many / 60:.0f} min on 32 (bounded by "
+              f"{bound:,.0f} pairs/s: SentencePiece's {last['spm_pairs_s'] / CORES:,.0f} a core x 32, or the "
+              f"single reader's {last['reader_pairs_s']:,.0f}); memory per training rank ~{per_rank / 1024:.1f} GB "
+              f"(batch plan + lengths; the token arrays are mapped and shared by the ranks)")
 
 
 def main() -> None:

@@ -43,16 +43,19 @@ def token_batches(src_lengths, tgt_lengths, max_tokens: int, *, max_sentences: i
     sorted by (target, source) length within each pool so batches hold similar lengths, and the batches of
     all pools are shuffled again. shuffle=False keeps corpus order within length-sorted batches (for
     evaluation). Works on the length arrays (any int arrays or lists) with numpy: no Python object per
-    example, so a 40M-pair epoch is planned in seconds. Returns int64 index arrays.
+    example, so a 40M-pair epoch is planned in seconds. Returns int32 index arrays (views of one array).
     """
-    src, tgt = np.asarray(src_lengths, dtype=np.int64), np.asarray(tgt_lengths, dtype=np.int64)
+    src, tgt = np.asarray(src_lengths, dtype=np.int32), np.asarray(tgt_lengths, dtype=np.int32)  # 4 bytes a pair
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(src)) if shuffle else np.arange(len(src))
+    order = np.arange(len(src), dtype=np.int32)
+    if shuffle:
+        rng.shuffle(order)  # the same draws as rng.permutation(n), in half the memory
     size = np.maximum(src, tgt)[order] + 1  # padded tokens each example costs
-    average = max(1, int(size.sum()) // max(1, len(size)))
+    average = max(1, int(size.sum(dtype=np.int64)) // max(1, len(size)))
     pool = max(1, pool_batches * max_tokens // average)
-    within = np.lexsort((src[order], tgt[order], np.arange(len(order)) // pool))  # stable, like sorted()
+    within = np.lexsort((src[order], tgt[order], np.arange(len(order), dtype=np.int32) // pool))  # stable, like sorted()
     members, size = order[within], size[within]
+    del within
     batches = np.split(members, fill(size, pool, max_tokens, max_sentences)[1:-1])
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -73,10 +73,11 @@ class EncodedPairs:
         return len(self.src_offsets) - 1
 
     def src_lengths(self) -> np.ndarray:
-        return np.diff(self.src_offsets)
+        """(N,) int32 tokens per source sentence."""
+        return np.diff(self.src_offsets).astype(np.int32)
 
     def tgt_lengths(self) -> np.ndarray:
-        return np.diff(self.tgt_offsets)
+        return np.diff(self.tgt_offsets).astype(np.int32)
 
     def row(self, flat: np.ndarray, offsets: np.ndarray, i: int) -> list[int]:
         return flat[offsets[i] : offsets[i + 1]].tolist()
