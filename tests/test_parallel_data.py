@@ -114,7 +114,8 @@ def plan_by_loop(src, tgt, max_tokens, max_sentences, seed, epoch, pool_batches,
 
 
 @pytest.mark.parametrize("max_tokens, max_sentences, shuffle", [(120, None, True), (50, 3, True), (10**6, 64, True),
-                                                                 (7, None, True), (200, None, False)])
+                                                                 (7, None, True), (200, None, False),
+                                                                 (10**9, 16, False)])  # evaluation: one pool
 def test_batch_plan_from_arrays_equals_the_loop(max_tokens, max_sentences, shuffle):
     src = np.array([1 + (i * 7) % 23 for i in range(500)], dtype=np.uint16)  # as a prepared corpus stores them
     tgt = np.array([1 + (i * 5) % 19 for i in range(500)], dtype=np.uint16)

@@ -52,7 +52,7 @@ def token_batches(src_lengths, tgt_lengths, max_tokens: int, *, max_sentences: i
         rng.shuffle(order)  # the same draws as rng.permutation(n), in half the memory
     size = np.maximum(src, tgt)[order] + 1  # padded tokens each example costs
     average = max(1, int(size.sum(dtype=np.int64)) // max(1, len(size)))
-    pool = max(1, pool_batches * max_tokens // average)
+    pool = max(1, min(len(order), pool_batches * max_tokens // average))  # a pool larger than the corpus is the corpus
     within = np.lexsort((src[order], tgt[order], np.arange(len(order), dtype=np.int32) // pool))  # stable, like sorted()
     members, size = order[within], size[within]
     del within
