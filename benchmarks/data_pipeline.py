@@ -263,8 +263,8 @@ def main() -> None:
     report(rows)
     if args.arrow:
         first = args.train_prefix or work / f"train-{args.pairs[0]}"
-        prepared = work / "prepared-arrow-tokenizers"
-        if not prepared.is_dir():
+        prepared = work / f"prepared-{args.pairs[0]}"  # its tokenizers
+        if not (prepared / "manifest.json").is_file():
             prepare_in_child(first.resolve(), work, prepared)
         arrow = arrow_alternative(first.resolve(), prepared, work, args.arrow)
         print(f"Arrow (datasets map, num_proc={CORES}, save_to_disk), {args.arrow:,} pairs: {arrow['arrow_pairs_s']:,.0f} "

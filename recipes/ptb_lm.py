@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
     parser.add_argument("--epochs", type=positive(int), help="override the preset's number of epochs")
     parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
+    parser.add_argument("--time-budget", type=positive(float), metavar="SECONDS",
+                        help="train whole epochs while the next one still fits in this many seconds of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
     parser.add_argument("--checkpoint-every", type=positive(int), default=1000, help="updates between checkpoints")
@@ -145,6 +147,9 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
                     state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
                     hidden = None
             save()
+            done = len(state["history"])
+            if args.time_budget and done and state["train_time"] * (done + 1) / done > args.time_budget:
+                break  # at the average epoch time so far, the next epoch would not fit
     progress.close()
     return state
 

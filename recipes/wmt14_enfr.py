@@ -29,6 +29,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 import seq2seq
+from seq2seq.average import average
 from seq2seq.checkpoint import atomic_write, load_weights, write_json
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.data.options import add_data_flags, data_from_flags
@@ -63,7 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=positive(int), default=500, help="updates between checkpoints")
     parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
     parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
-    return parser.parse_args(argv)
+    parser.add_argument("--average-last", type=positive(int), metavar="K", help="also score the mean of the last K "
+                        "checkpoints, written to OUTPUT/averaged (seq2seq-average); needs --keep-checkpoints >= K")
+    args = parser.parse_args(argv)
+    if args.average_last and args.average_last > args.keep_checkpoints:
+        parser.error(f"--average-last {args.average_last} needs --keep-checkpoints >= {args.average_last}")
+    return args
 
 
 def choose_preset(args: argparse.Namespace) -> TranslationPreset:
@@ -257,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"seq2seq": seq2seq.__version__, "torch": torch.__version__,
                      "accelerate": accelerate.__version__, "python": platform.python_version()},
     }
+    if args.average_last:  # the mean of the last K checkpoints, scored the same way
+        results["averaged"] = score_average(model, corpus, preset, args, accelerator, output_dir)
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         atomic_write(output_dir / "test.hyp",
@@ -267,6 +275,17 @@ def main(argv: list[str] | None = None) -> dict:
                     title=f"test BLEU {results['bleu']:.1f} / chrF {results['chrf']:.1f} (beam)")
     accelerator.end_training()
     return results
+
+
+def score_average(model, corpus, preset, args, accelerator, output_dir: Path) -> dict:
+    checkpoints = Checkpointer(output_dir, accelerator).complete()[-args.average_last :]
+    if accelerator.is_main_process:
+        average(checkpoints, output_dir / "averaged", config_from=output_dir / "model")
+    accelerator.wait_for_everyone()
+    load_weights(output_dir / "averaged", accelerator.unwrap_model(model))
+    scores, _ = evaluate(model, corpus, preset, accelerator, beam=True, split="test")
+    accelerator.print(f"mean of the last {len(checkpoints)} checkpoints: test BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
+    return {"bleu": scores["bleu"], "chrf": scores["chrf"], "checkpoints": [path.name for path in checkpoints]}
 
 
 if __name__ == "__main__":

@@ -20,11 +20,14 @@ class LuongAttention(nn.Module):
         """W_a s for every source position, computed once per sentence. memory: (S, B, H) -> (B, H, S)."""
         return self.score(memory).permute(1, 2, 0)
 
-    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, src_mask: Tensor,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """query: (T, B, H) decoder outputs; keys: (B, H, S); memory: (S, B, H); src_mask: (B, S) True
-        at real tokens. Returns the attentional hidden states (T, B, H)."""
+        at real tokens. Returns the attentional hidden states (T, B, H), and with return_weights the
+        attention weights (B, T, S) too."""
         scores = torch.bmm(query.transpose(0, 1), keys)  # (B, T, S)
         scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # (B, T, S)
         context = torch.bmm(weights, memory.transpose(0, 1)).transpose(0, 1)  # (T, B, H)
-        return torch.tanh(self.combine(torch.cat([context, query], dim=-1)))
+        attended = torch.tanh(self.combine(torch.cat([context, query], dim=-1)))
+        return (attended, weights) if return_weights else attended

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .errors import UserError
+
 
 def use_cpu_cores(accelerator) -> int:
     """On CPU, give each local process an equal share of the cores and return it.
@@ -19,3 +21,47 @@ def use_cpu_cores(accelerator) -> int:
     threads = int(os.environ.get("SEQ2SEQ_CPU_THREADS", max(1, (os.cpu_count() or 1) // local)))
     torch.set_num_threads(threads)
     return threads
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_device(name: str, flag: str = "--device") -> torch.device:
+    """auto (CUDA when available, else the CPU), cpu, cuda or cuda:N; a CUDA device this machine does not
+    have is a UserError in one line."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{flag} {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise UserError(f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, {build}); "
+                            f"use {flag} cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UserError(f"{flag} {name}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 runs at hardware speed here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def choose_dtype(name: str, device: torch.device, warn) -> torch.dtype:
+    """The decoding dtype; a precision the device does not serve falls back to fp32 with one line to `warn`."""
+    dtype = DTYPES[name]
+    if dtype == torch.bfloat16 and not bf16_supported(device):
+        warn(f"bf16 is not supported in hardware on this {device.type} ({torch.backends.cpu.get_cpu_capability()}); "
+             f"decoding in fp32")
+        return torch.float32
+    if dtype == torch.float16 and device.type != "cuda":
+        warn("fp16 decoding needs a CUDA device; decoding in fp32")
+        return torch.float32
+    return dtype

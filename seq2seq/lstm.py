@@ -104,9 +104,9 @@ class StackedLSTM(nn.Module):
     def input_sizes(self) -> list[int]:
         return [layer.input_size for layer in self.layers]
 
-    def zero_state(self, batch: int, device=None) -> State:
+    def zero_state(self, batch: int, device=None, dtype=None) -> State:
         shape = (self.num_layers, batch, self.hidden_size)
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
     def sample_masks(self, steps: int, batch: int, device=None, generator=None) -> DropoutMasks | None:
         """The masks a training forward pass over (steps, batch) would draw; None in eval mode."""
@@ -129,7 +129,7 @@ class StackedLSTM(nn.Module):
         steps, batch = x.shape[0], x.shape[1]
         if masks is None:
             masks = self.sample_masks(steps, batch, device=x.device)
-        h0, c0 = state if state is not None else self.zero_state(batch, x.device)
+        h0, c0 = state if state is not None else self.zero_state(batch, x.device, x.dtype)
         fused = masks is None or masks.recurrent is None
         hs, cs = [], []
         for layer_index, layer in enumerate(self.layers):
@@ -159,7 +159,9 @@ class StackedLSTM(nn.Module):
         Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
         is a third of the work. Returns the top output (N, H) and the new state.
         """
-        distinct, inverse = (None, None) if parents is None else torch.unique(parents, return_inverse=True)
+        distinct, inverse = None, parents  # off the CPU, no torch.unique: its data-dependent size would sync
+        if parents is not None and parents.device.type == "cpu":
+            distinct, inverse = torch.unique(parents, return_inverse=True)
         hs, cs = [], []
         for index, layer in enumerate(self.layers):
             if index == 0 and first_gates is not None:
@@ -170,7 +172,7 @@ class StackedLSTM(nn.Module):
             if parents is None:
                 gates = torch.addmm(gates, h, layer.weight_hh_l0.t())
             else:
-                gates = gates + (h[distinct] @ layer.weight_hh_l0.t())[inverse]
+                gates = gates + ((h if distinct is None else h[distinct]) @ layer.weight_hh_l0.t())[inverse]
                 c = c[parents]
             x, c = lstm_pointwise(gates, c)
             hs.append(x)

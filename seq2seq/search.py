@@ -22,11 +22,13 @@ from .tokenizer import BOS, EOS, PAD
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """Output ids (no <s> / </s>), the length-normalised score, and the raw log-probability."""
+    """Output ids (no <s> / </s>), the length-normalised score, the raw log-probability, and (when search
+    was asked for alignments) the encoder position each output id attended to most."""
 
     tokens: tuple[int, ...]
     score: float
     log_prob: float
+    alignment: tuple[int, ...] = ()
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -41,16 +43,15 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
 def constrain(log_probs: Tensor, step: int, limit: Tensor, min_len: int, eos: int = EOS,
               banned: tuple[int, ...] = (PAD, BOS)) -> Tensor:
     """Never the banned columns (<pad>, <s>); no </s> (column eos) before min_len tokens; nothing but </s>
-    once a row has `limit` tokens. log_probs: (N, V), changed in place; limit: (N,)."""
+    once a row has `limit` tokens. log_probs: (N, V), changed in place; limit: (N,). No host sync."""
     if banned:
         log_probs[:, list(banned)] = float("-inf")
     if step < min_len:
         log_probs[:, eos] = float("-inf")
     at_limit = limit <= step  # (N,)
-    if at_limit.any():
-        ended = log_probs[at_limit, eos].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[at_limit, eos] = ended
+    ended = log_probs[:, eos].clone()  # (N,)
+    log_probs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
+    log_probs[:, eos] = torch.where(at_limit, ended, log_probs[:, eos])
     return log_probs
 
 
@@ -85,30 +86,41 @@ def greedy_search(model, src: Tensor, src_lengths: Tensor, max_len_a: float = 1.
 @torch.no_grad()
 def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alpha: float = 0.0,
                 max_len_a: float = 1.5, max_len_b: int = 10, min_len: int = 0, nbest: int = 1,
-                shortlist: Shortlist | None = None) -> list[list[Hypothesis]]:
+                shortlist: Shortlist | None = None, alignment: bool = False) -> list[list[Hypothesis]]:
     """Batched beam search. src: (S, B) right-padded; src_lengths: (B,).
 
     Returns, per sentence, its nbest finished hypotheses, best first, with scores
     log P / lp(alpha) (alpha = 0: the plain log-probability). A sentence starts from one hypothesis
     (<s>) and has up to beam_size from the next step on; the encoder memory is kept once per sentence.
     Sentences that are done leave the batch, so the rest decode in a smaller one. With a shortlist
-    (seq2seq.shortlist) each sentence searches over its own target ids only.
+    (seq2seq.shortlist) each sentence searches over its own target ids only. With alignment (attention
+    models) each hypothesis also carries, per output id, the encoder position it attended to most.
+
+    The scores and choices stay on the model's device; one transfer per step brings the host what it
+    decides with (which candidates end, whether a sentence is done), and the hypotheses' tokens are kept
+    on the host as back-pointers, so on a GPU a step waits for the device once (twice when sentences
+    leave the batch under a shortlist, whose columns are then recounted).
     """
     batch, k, device = src.shape[1], beam_size, src.device
     memory, state = model.encode(src, src_lengths)  # one row per sentence
     limit = max_lengths(src_lengths, max_len_a, max_len_b)  # (B,)
+    limits = limit.tolist()
     scores = torch.zeros((batch, 1), device=device)  # (B', R): R live hypotheses per sentence
     tokens = torch.full((batch,), BOS, dtype=torch.long, device=device)
-    history = torch.empty((batch, 0), dtype=torch.long, device=device)
+    trail: list[tuple[list[int], list[int], list[int]]] = []  # per step: each live row's parent, token, position
     active = list(range(batch))  # the corpus sentence behind each row group
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     output, eos, banned = None, EOS, (PAD, BOS)  # log-prob columns are target ids
     if shortlist is not None:  # columns are positions in output.ids: </s> first, no <pad> / <s>
         output = model.output_slice(*shortlist.candidates(src, src_lengths))
         eos, banned = 0, ()
-    for step in range(int(limit.max()) + 1):
-        log_probs, state = model.step(tokens, state, memory, output)
+    for step in range(max(limits) + 1):
         groups, rows = scores.shape
+        if alignment:
+            log_probs, state, positions = model.step(tokens, state, memory, output, alignment=True)
+        else:
+            log_probs, state = model.step(tokens, state, memory, output)
+            positions = torch.zeros(groups * rows, dtype=torch.long, device=device)
         log_probs = constrain(log_probs, step, limit.repeat_interleave(rows), min_len, eos, banned)  # (B' * R, V)
         vocab = log_probs.shape[-1]
         candidates = (scores.unsqueeze(-1) + log_probs.view(groups, rows, vocab)).view(groups, rows * vocab)
@@ -116,47 +128,65 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         top_beam, top_token = top_index // vocab, top_index % vocab
         if output is not None:
             top_token = output.ids[top_token]  # column -> target id
-        finish_ended(finished, active, top_scores[:, :k], top_beam[:, :k], top_token[:, :k], history, rows, step, alpha)
         # The best k candidates that do not end, per sentence, go on.
         alive_scores = top_scores.masked_fill(top_token == EOS, float("-inf"))
         scores, order = alive_scores.topk(min(k, alive_scores.shape[1]), dim=-1)  # (B', K)
-        done = torch.tensor([len(finished[i]) >= k for i in active], device=device)  # (B',)
-        done |= cannot_improve(finished, active, scores[:, 0], step, limit, alpha, nbest)
-        if done.all():
+        picked = top_beam.gather(1, order) + torch.arange(groups, device=device).unsqueeze(1) * rows  # (B', K)
+        tokens = top_token.gather(1, order)  # (B', K)
+        width = min(k, top_scores.shape[1])
+        host = torch.cat([top_scores[:, :width].double(), top_beam[:, :width].double(), top_token[:, :width].double(),
+                          scores[:, :1].double(), picked.double(), tokens.double(),
+                          positions.view(groups, rows).double()], dim=1).tolist()  # the one sync
+        done = [retire(finished[active[g]], row, width, g * rows, trail, step, alpha, k, nbest, limits[active[g]])
+                for g, row in enumerate(host)]
+        if all(done):
             break
-        picked = top_beam.gather(1, order) + torch.arange(groups, device=device).unsqueeze(1) * rows
-        tokens = top_token.gather(1, order).view(-1)  # (B' * K,)
-        history = torch.cat([history[picked.view(-1)], tokens.unsqueeze(1)], dim=1)
+        tokens, keep = tokens.view(-1), [g for g, d in enumerate(done) if not d]
+        width_alive = scores.shape[1]
+        at = 3 * width + 1  # host row: ..., picked (width_alive), tokens (width_alive), positions (rows)
+        parents = [int(p) for g in keep for p in host[g][at : at + width_alive]]
+        trail.append((parents, [int(t) for g in keep for t in host[g][at + width_alive : at + 2 * width_alive]],
+                      [int(host[p // rows][at + 2 * width_alive + p % rows]) for p in parents]))
         state = state.select(picked.view(-1))
-        if done.any():  # drop finished sentences from the batch
-            keep = (~done).nonzero().squeeze(1)  # (B'',)
-            keep_rows = (keep.unsqueeze(1) * scores.shape[1] + torch.arange(scores.shape[1], device=device)).view(-1)
-            active = [active[i] for i in keep.tolist()]
-            scores, limit, memory = scores[keep], limit[keep], memory.select(keep)
-            output = None if output is None else output.select(keep)
-            tokens, history, state = tokens[keep_rows], history[keep_rows], state.select(keep_rows)
+        if len(keep) < groups:  # drop finished sentences from the batch
+            kept = torch.tensor(keep, device=device)  # (B'',)
+            keep_rows = (kept.unsqueeze(1) * width_alive + torch.arange(width_alive, device=device)).view(-1)
+            active = [active[g] for g in keep]
+            scores, limit, memory = scores[kept], limit[kept], memory.select(kept)
+            output = None if output is None else output.select(kept)
+            tokens, state = tokens[keep_rows], state.select(keep_rows)
     return [sorted(f, key=lambda h: -h.score)[:nbest] for f in finished]
 
 
-def cannot_improve(finished, active, best_alive: Tensor, step: int, limit: Tensor, alpha: float, nbest: int) -> Tensor:
-    """(B',) True where no live hypothesis can still enter the n-best list, so stopping now gives the
-    same n-best as searching on: log-probs only fall, so a live one ends with at most
-    best_alive / lp(n) for some length n in [step + 2, limit + 1]."""
-    longest = ((5.0 + limit.float() + 1.0) / 6.0) ** alpha  # (B',)
-    bound = torch.maximum(best_alive / length_penalty(step + 2, alpha), best_alive / longest)
-    nth = [heapq.nlargest(nbest, (h.score for h in finished[i]))[-1] if len(finished[i]) >= nbest
-           else float("-inf") for i in active]
-    return torch.tensor(nth, device=bound.device) >= bound
-
-
-def finish_ended(finished, active, scores, beams, tokens, history, rows, step, alpha) -> None:
-    """Move candidates that emit </s> (among each sentence's top k) into finished[sentence]; a sentence's
-    hypotheses are `rows` consecutive rows of history."""
-    ended = ((tokens == EOS) & torch.isfinite(scores)).nonzero()  # (E, 2): group, candidate
-    if len(ended) == 0:
-        return
-    groups, j = ended.unbind(1)
-    bodies = history[groups * rows + beams[groups, j]].tolist()
+def retire(finished: list[Hypothesis], row: list[float], width: int, first_row: int, trail, step: int, alpha: float,
+           k: int, nbest: int, limit: int) -> bool:
+    """Move a sentence's candidates that emit </s> (among its top k) into finished; True when the sentence
+    is done: k finished, or no live hypothesis can still enter the n-best. row: the sentence's host copy
+    [scores, beams, tokens (width each), best live score, ...]."""
     penalty = length_penalty(step + 1, alpha)
-    for group, log_prob, body in zip(groups.tolist(), scores[groups, j].tolist(), bodies):
-        finished[active[group]].append(Hypothesis(tuple(body), log_prob / penalty, log_prob))
+    for j in range(width):
+        score, beam, token = row[j], int(row[width + j]), int(row[2 * width + j])
+        if token == EOS and score != float("-inf"):
+            tokens, positions = backtrack(trail, first_row + beam)
+            finished.append(Hypothesis(tokens, score / penalty, score, positions))
+    return len(finished) >= k or cannot_improve(finished, row[3 * width], step, limit, alpha, nbest)
+
+
+def backtrack(trail, row: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tokens of live row `row` and the positions they attended to: follow the parents back."""
+    tokens, positions = [], []
+    for parents, step_tokens, step_positions in reversed(trail):
+        tokens.append(step_tokens[row])
+        positions.append(step_positions[row])
+        row = parents[row]
+    return tuple(reversed(tokens)), tuple(reversed(positions))
+
+
+def cannot_improve(finished: list[Hypothesis], best_alive: float, step: int, limit: int, alpha: float, nbest: int) -> bool:
+    """True when no live hypothesis can still enter the n-best list, so stopping now gives the same n-best
+    as searching on: log-probs only fall, so a live one ends with at most best_alive / lp(n) for some
+    length n in [step + 2, limit + 1]."""
+    if len(finished) < nbest:
+        return False
+    bound = max(best_alive / length_penalty(step + 2, alpha), best_alive / length_penalty(limit + 1, alpha))
+    return heapq.nlargest(nbest, (h.score for h in finished))[-1] >= bound

@@ -169,12 +169,13 @@ class Translator(nn.Module):
         mask = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
         return OutputSlice(ids, self.output.weight[ids], self.output.bias[ids], mask)
 
-    def step(self, tokens: Tensor, state: DecoderState, memory: Memory,
-             output: OutputSlice | None = None) -> tuple[Tensor, DecoderState]:
+    def step(self, tokens: Tensor, state: DecoderState, memory: Memory, output: OutputSlice | None = None,
+             alignment: bool = False) -> tuple[Tensor, DecoderState] | tuple[Tensor, DecoderState, Tensor]:
         """One decoding step for search, without dropout. tokens: (N,) previous outputs, N = B * R: row
         b * R + r is hypothesis r of sentence b, and memory holds the B sentences once (the R hypotheses of
         a sentence attend to it like R time steps). Returns log-probs (N, V), or (N, U) over output.ids
-        normalised over each sentence's allowed ids, and the new state."""
+        normalised over each sentence's allowed ids, and the new state; with alignment (attention models),
+        also the most attended encoder position of each row (N,)."""
         gates = self._target_gates()[tokens]  # (N, 4H): layer 0's input projection of each token
         if self.config.input_feeding:
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
@@ -182,14 +183,21 @@ class Translator(nn.Module):
         top, (h, c) = self.decoder.step(None, (state.h, state.c), first_gates=gates, parents=state.rows)  # (N, H)
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
-            top = self.attention(query, memory.keys, memory.outputs, memory.src_mask).transpose(0, 1)
-            top = top.reshape(tokens.shape[0], -1)  # (N, H)
+            top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True)
+            top = top.transpose(0, 1).reshape(tokens.shape[0], -1)  # (N, H)
+            positions = weights.argmax(dim=-1).reshape(-1)  # (B, R) -> (N,)
         if output is None:
             logits = self.output(top)  # (N, V)
         else:
             logits = nn.functional.linear(top, output.weight, output.bias)  # (N, U)
             logits = (logits.view(len(output.mask), -1, len(output.ids)) + output.mask.unsqueeze(1)).flatten(0, 1)
-        return torch.log_softmax(logits.float(), dim=-1), DecoderState(h, c, top if self.config.input_feeding else None)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        state = DecoderState(h, c, top if self.config.input_feeding else None)
+        if alignment:
+            if self.attention is None:
+                raise ValueError("alignments come from attention: this translator has none")
+            return log_probs, state, positions
+        return log_probs, state
 
     def _target_gates(self) -> Tensor:
         """W_ih E[y] + b_ih + b_hh of the decoder's first layer for every target token y: (V, 4H).

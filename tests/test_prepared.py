@@ -185,3 +185,30 @@ def test_each_data_flag_applies_on_its_own():
 def test_a_flag_that_cannot_apply_is_refused(argv, message):
     with pytest.raises(UserError, match=message):
         data_from_flags(translation_demo().data, flags(*argv))
+
+
+def test_sigkill_during_preparation_leaves_nothing_that_is_reused(tmp_path):
+    """A real kill -9 of seq2seq-prepare while it writes the training arrays; the next run starts again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(2)
+    write_split(tmp_path / "train", 60_000, rng)
+    for split in ("valid", "test"):
+        write_split(tmp_path / split, 10, rng)
+    command = [sys.executable, "-m", "seq2seq.prepare", "--preset", "tiny", "--output", str(tmp_path / "p"),
+               *(arg for split in ("train", "valid", "test") for arg in (f"--{split}-prefix", str(tmp_path / split)))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    arrays, deadline = tmp_path / "p.partial" / "train" / "src.tokens.npy", time.time() + 120
+    while not (arrays.is_file() and arrays.stat().st_size > 4096) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert process.poll() is None, "the preparation ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "p").exists() and not (tmp_path / "p.partial" / MANIFEST).exists()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "p" / MANIFEST).read_text())
+    assert manifest["counts"]["train"]["pairs"] == 60_000 and not (tmp_path / "p.partial").exists()

@@ -109,8 +109,29 @@ def test_early_stop_keeps_the_nbest_of_searching_on(monkeypatch, alpha, nbest):
     model = model_with(dict(attention=True, bidirectional_encoder=True), tgt_vocab=12, seed=3)
     src, lengths = sources(seed=8, batch=6)
     early = beam_search(model, src, lengths, beam_size=4, alpha=alpha, nbest=nbest, max_len_b=8)
-    monkeypatch.setattr(search, "cannot_improve", lambda finished, active, *args: torch.zeros(len(active), dtype=torch.bool))
+    monkeypatch.setattr(search, "cannot_improve", lambda *args: False)
     late = beam_search(model, src, lengths, beam_size=4, alpha=alpha, nbest=nbest, max_len_b=8)
     for a, b in zip(early, late):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(attention=True), dict(attention=True, input_feeding=True, reverse_source=False)])
+def test_alignment_is_the_attention_argmax_along_each_hypothesis(variant):
+    """The positions search reports equal those of stepping the model along the hypothesis alone."""
+    model = model_with(variant, seed=5)
+    src, lengths = sources(seed=9, batch=5)
+    found = beam_search(model, src, lengths, beam_size=3, alpha=0.6, nbest=2, alignment=True)
+    plain = beam_search(model, src, lengths, beam_size=3, alpha=0.6, nbest=2)
+    for b, hyps in enumerate(found):
+        assert [h.tokens for h in hyps] == [h.tokens for h in plain[b]]  # asking for alignments changes nothing else
+        one_src, one_len = src[: lengths[b], b : b + 1], lengths[b : b + 1]
+        for h in hyps:
+            memory, state = model.encode(one_src, one_len)
+            positions, token = [], torch.tensor([BOS])
+            for next_token in h.tokens:
+                _, state, position = model.step(token, state, memory, alignment=True)
+                positions.append(int(position))
+                token = torch.tensor([next_token])
+            assert len(h.alignment) == len(h.tokens) and list(h.alignment) == positions
+            assert all(0 <= p < int(one_len) for p in positions)

@@ -1,11 +1,13 @@
 """The translation recipe's tiny preset end to end: train, save, reload through the CLI, translate, score."""
 
 import json
+import os
 import random
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import load_recipe
 from recipe_runs import write_split
 
@@ -70,8 +72,58 @@ def test_cli_keeps_order_and_empty_lines_and_writes_nbest(trained):
     alone = translate_cli("--model", str(out / "model"), stdin="en4\n")
     assert alone.stdout.strip() == lines[2]
     nbest = translate_cli("--model", str(out / "model"), "--nbest", "2", "--beam-size", "3", stdin="en1 en2\nen3\n")
-    rows = [row.split(" ||| ") for row in nbest.stdout.splitlines()]
-    assert [r[0] for r in rows] == ["0", "0", "1", "1"] and float(rows[0][2]) >= float(rows[1][2])
+    rows = read_nbest(nbest.stdout)
+    assert [r["index"] for r in rows] == [0, 0, 1, 1] and rows[0]["total"] >= rows[1]["total"]
+
+
+def read_nbest(text: str) -> list[dict]:
+    """A reader of the Moses / Marian n-best format: INDEX ||| HYPOTHESIS ||| NAME= VALUE ... ||| TOTAL."""
+    rows = []
+    for line in text.splitlines():
+        index, hypothesis, features, total = line.split(" ||| ")
+        names, values = features.split()[0::2], features.split()[1::2]
+        assert all(name.endswith("=") for name in names)
+        rows.append({"index": int(index), "hypothesis": hypothesis, "total": float(total),
+                     "features": {name[:-1]: float(value) for name, value in zip(names, values)}})
+    return rows
+
+
+def test_nbest_is_four_fields_and_exactly_n_per_line(trained):
+    _, out, _ = trained
+    config = json.loads((out / "model" / "config.json").read_text())
+    run = translate_cli("--model", str(out / "model"), "--nbest", "5", "--beam-size", "5", "--length-penalty", "0.6",
+                        stdin="en1 en2 en3\nen4\nen5 en6 en7 en8 en9 en1\n")
+    rows = read_nbest(run.stdout)
+    assert [r["index"] for r in rows] == [0] * 5 + [1] * 5 + [2] * 5
+    assert config["decoding"]["alpha"] == 0.6
+    for row in rows:  # TOTAL = F0 (log P without penalty) / ((5 + |y| + 1) / 6) ** alpha: |y| + 1 a whole number
+        length = 6 * (row["features"]["F0"] / row["total"]) ** (1 / 0.6) - 5
+        assert length == pytest.approx(round(length), abs=1e-2) and round(length) >= 1
+    for i in range(3):
+        totals = [r["total"] for r in rows if r["index"] == i]
+        assert totals == sorted(totals, reverse=True)
+
+
+def test_padding_to_n_repeats_the_best(monkeypatch):
+    from seq2seq import translate
+    from seq2seq.search import Hypothesis
+
+    best, other = Hypothesis((5, 6), -1.0, -1.5), Hypothesis((7,), -2.0, -2.5)
+
+    class Tok:
+        def encode(self, lines):
+            return [[4] for _ in lines]
+
+        def decode(self, rows):
+            return [" ".join(map(str, r)) for r in rows]
+
+    monkeypatch.setattr(translate, "beam_search", lambda *args, **kwargs: [[best, other]])
+    model = torch.nn.Linear(1, 1)
+    model.config = type("Config", (), {"reverse_source": True})()
+    rows = translate.translate_lines(model, Tok(), Tok(), ["x"], beam_size=4, alpha=0.0, max_len_a=1.5, max_len_b=5,
+                                     batch_size=4, nbest=4)
+    assert [row[1] for row in rows[0]] == [best, other, best, best]
+    assert translate.formatted(rows, 7, 4).splitlines()[2] == "7 ||| 5 6 ||| F0= -1.500000 ||| -1.000000"
 
 
 def test_cli_shortlist_and_workers(trained, tmp_path):
@@ -197,3 +249,134 @@ def test_test_prefix_alone_replaces_the_test_set(trained, tmp_path):
     results = wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
                         "--valid-prefix", str(root / "valid"), "--test-prefix", str(tmp_path / "other"), "--max-steps", "2"])
     assert len((tmp_path / "o" / "test.hyp").read_text().splitlines()) == 2 and "bleu" in results
+
+
+def test_invalid_utf8_on_stdin_names_the_line_and_keeps_what_was_translated(trained):
+    _, out, _ = trained
+    run = subprocess.run([sys.executable, "-m", "seq2seq.translate", "--model", str(out / "model"), "--buffer-size", "1"],
+                         input=b"en1 en2\nen3\ncaf\xe9 en4\nen5\n", capture_output=True, timeout=300)
+    assert run.returncode == 2 and b"Traceback" not in run.stderr
+    assert run.stderr.decode().strip() == "error: stdin, line 3: invalid UTF-8 (invalid continuation byte)"
+    assert len(run.stdout.decode().splitlines()) == 2  # the lines before it were answered
+
+
+def test_output_file_appears_only_when_complete(trained, tmp_path):
+    root, out, _ = trained
+    target = tmp_path / "out.txt"
+    target.write_text("the previous translation\n")
+    (tmp_path / "in.txt").write_bytes(b"en1\nen2\n\xff\n")
+    failed = translate_cli("--model", str(out / "model"), "--input", str(tmp_path / "in.txt"), "--output", str(target),
+                           "--buffer-size", "1")
+    assert failed.returncode == 2 and "in.txt, line 3: invalid UTF-8" in failed.stderr
+    assert target.read_text() == "the previous translation\n" and sorted(os.listdir(tmp_path)) == ["in.txt", "out.txt"]
+    done = translate_cli("--model", str(out / "model"), "--input", str(root / "test.en"), "--output", str(target))
+    assert done.returncode == 0 and target.read_text() == (out / "test.hyp").read_text()
+
+
+def test_chunks_of_any_size_give_the_same_output(trained):
+    root, out, _ = trained
+    whole = translate_cli("--model", str(out / "model"), "--input", str(root / "test.en"))
+    for size in ("1", "7"):
+        assert translate_cli("--model", str(out / "model"), "--input", str(root / "test.en"), "--buffer-size",
+                             size).stdout == whole.stdout
+
+
+def test_interactive_use_answers_each_line_before_the_next(trained):
+    """Through a pseudo-terminal, as a person would: type a line, read its translation, type the next."""
+    pexpect = pytest.importorskip("pexpect")
+    root, out, _ = trained
+    expected = (out / "test.hyp").read_text().splitlines()[:3]
+    sources = (root / "test.en").read_text().splitlines()[:3]
+    child = pexpect.spawn(sys.executable, ["-m", "seq2seq.translate", "--model", str(out / "model")], timeout=120,
+                          encoding="utf-8", echo=False)
+    try:
+        for source, translation in zip(sources, expected):
+            child.sendline(source)
+            child.expect_exact(translation + "\r\n")  # answered while the input is still open
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_device_dtype_version_and_help(trained):
+    _, out, _ = trained
+    if not torch.cuda.is_available():
+        run = translate_cli("--model", str(out / "model"), "--device", "cuda", stdin="en1\n")
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+        assert "--device cuda: CUDA is not available on this machine" in run.stderr
+    assert translate_cli("--model", str(out / "model"), "--device", "tpu", stdin="en1\n").returncode == 2
+    version = translate_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("seq2seq-translate 0.1.0")
+    text = translate_cli("--help").stdout
+    for flag in ("--beam-size", "--nbest", "--max-len-a", "--max-len-b", "--results-json", "--buffer-size", "--device",
+                 "--dtype", "--length-penalty", "--workers", "--batch-size"):
+        assert flag in text
+    assert text.count("default:") >= 12
+    fp32 = translate_cli("--model", str(out / "model"), "--input", str(out.parent / "test.en"), "--device", "cpu")
+    bf16 = translate_cli("--model", str(out / "model"), "--input", str(out.parent / "test.en"), "--device", "cpu",
+                         "--dtype", "bf16")
+    assert bf16.returncode == 0 and len(bf16.stdout.splitlines()) == len(fp32.stdout.splitlines())
+    if "decoding in fp32" in bf16.stderr:  # a CPU without bf16: one notice, then the fp32 result
+        assert bf16.stdout == fp32.stdout and len(bf16.stderr.strip().splitlines()) == 1
+
+
+def test_average_of_checkpoints_is_their_mean_and_a_usable_model(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from seq2seq.average import average
+    from seq2seq.errors import UserError
+
+    root, out, _ = trained
+    steps = sorted((out / "checkpoints").glob("step-*"))[-3:]
+    assert len(steps) == 3
+    run = subprocess.run([sys.executable, "-m", "seq2seq.average", "--inputs", *map(str, steps), "--output",
+                          str(tmp_path / "avg")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    weights = [load_file(step / "model.safetensors") for step in steps]
+    averaged = load_file(tmp_path / "avg" / "model.safetensors")
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(tensor, sum(w[name] for w in weights) / 3, rtol=1e-6, atol=1e-7)
+    assert sorted(p.name for p in (tmp_path / "avg").iterdir()) == sorted(p.name for p in (out / "model").iterdir())
+    translated = translate_cli("--model", str(tmp_path / "avg"), "--input", str(root / "test.en"))
+    assert translated.returncode == 0 and len(translated.stdout.splitlines()) == 25
+    (tmp_path / "odd").mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "odd" / "model.safetensors"))
+    with pytest.raises(UserError, match="holds other tensors"):
+        average([steps[0], tmp_path / "odd"], tmp_path / "bad")
+
+
+def test_recipe_scores_the_average_of_its_last_checkpoints(trained, tmp_path):
+    root, _, _ = trained
+    results = wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
+                        "--valid-prefix", str(root / "valid"), "--test-prefix", str(root / "test"), "--max-steps", "40",
+                        "--checkpoint-every", "10", "--average-last", "3"])
+    kept = sorted(p.name for p in (tmp_path / "o" / "checkpoints").glob("step-*"))
+    assert results["averaged"]["checkpoints"] == kept[-3:] and kept[-1] == "step-000000040"
+    assert 0 <= results["averaged"]["bleu"] <= 100 and (tmp_path / "o" / "averaged" / "config.json").is_file()
+    with pytest.raises(SystemExit) as refused:
+        wmt.main(["--preset", "tiny", "--average-last", "5", "--keep-checkpoints", "3"])
+    assert refused.value.code == 2
+
+
+def test_alignment_lines_are_translation_then_source_target_pairs(trained):
+    from seq2seq.tokenizer import Tokenizer
+
+    root, out, _ = trained
+    sources = (root / "test.en").read_text().splitlines()[:6]
+    run = translate_cli("--model", str(out / "model"), "--alignment", stdin="\n".join(sources) + "\n")
+    assert run.returncode == 0, run.stderr
+    plain = translate_cli("--model", str(out / "model"), stdin="\n".join(sources) + "\n").stdout.splitlines()
+    src_tok, tgt_tok = Tokenizer(out / "model" / "source.model"), Tokenizer(out / "model" / "target.model")
+    for line, source, translation in zip(run.stdout.splitlines(), sources, plain):
+        text, pairs = line.split(" ||| ")
+        assert text == translation
+        links = [tuple(map(int, pair.split("-"))) for pair in pairs.split()]
+        n_src, n_tgt = len(src_tok.encode([source])[0]), len(tgt_tok.encode([text])[0])
+        assert all(0 <= s < n_src and 0 <= t < n_tgt for s, t in links)
+        assert len({t for _, t in links}) == len(links)  # one source piece per target piece at most
+    refused = translate_cli("--model", str(out / "model"), "--alignment", "--nbest", "2", "--beam-size", "3", stdin="en1\n")
+    assert refused.returncode == 2 and "--nbest 1" in refused.stderr

@@ -1,0 +1,113 @@
+"""The same model code on a GPU: tests marked `cuda` run where CUDA is available and are reported as skipped
+elsewhere; each is also run on the CPU (the same function, device "cpu"), so its code is exercised on every
+machine. benchmarks/gpu_check.sh runs the cuda ones with the GPU figures."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from recipe_runs import recipe_args, run
+
+from seq2seq.acoustic_model import AcousticModel, AcousticModelConfig
+from seq2seq.language_model import LanguageModel, LanguageModelConfig
+from seq2seq.lstm import StackedLSTM
+from seq2seq.translator import Translator, TranslatorConfig
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["zaremba", "none"])
+def test_fused_kernel_equals_the_step_loop(device, mode):
+    """The fused LSTM (cuDNN on a GPU, oneDNN on a CPU) against one step at a time over the same weights."""
+    torch.manual_seed(0)
+    lstm = StackedLSTM(12, 16, 3, dropout=0.3, dropout_mode=mode).to(device).eval()
+    x = torch.randn(9, 4, 12, device=device)
+    fused, (h, c) = lstm(x)  # (T, B, H)
+    state = (torch.zeros(3, 4, 16, device=device), torch.zeros(3, 4, 16, device=device))
+    steps = []
+    for t in range(9):
+        top, state = lstm.step(x[t], state)
+        steps.append(top)
+    torch.testing.assert_close(torch.stack(steps), fused, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state[0], h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state[1], c, rtol=1e-4, atol=1e-5)
+
+
+def one_step_losses(name: str, device: str, dtype: torch.dtype) -> tuple[float, bool]:
+    """The loss of one training step of a small model under autocast(dtype) and whether every gradient is finite."""
+    torch.manual_seed(0)
+    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+        if name == "language_model":
+            model = LanguageModel(LanguageModelConfig(vocab_size=50, hidden_size=32, num_layers=2)).to(device)
+            tokens = torch.randint(0, 50, (11, 4), device=device)
+            loss, _ = model(tokens[:-1], None, tokens[1:])
+        elif name == "translator":
+            model = Translator(TranslatorConfig(src_vocab_size=40, tgt_vocab_size=40, embedding_size=32, hidden_size=32,
+                                                num_layers=2, dropout=0.0, attention=True)).to(device)
+            src, tgt = torch.randint(4, 40, (7, 4), device=device), torch.randint(4, 40, (6, 4), device=device)
+            loss, _ = model(src, torch.full((4,), 7, device=device), tgt[:-1], tgt[1:])
+        else:
+            model = AcousticModel(AcousticModelConfig(input_size=8, hidden_size=16, num_layers=2, dropout=0.0)).to(device)
+            lengths = torch.full((3,), 20, device=device)
+            logits = model(torch.randn(20, 3, 8, device=device), lengths)
+            loss, _ = model.loss(logits, lengths, torch.randint(0, 48, (20, 3), device=device), None, None)
+    loss.float().backward()
+    return loss.item(), all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ["language_model", "translator", "acoustic_model"])
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16),
+                                           pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
+                                           pytest.param("cuda", torch.float16, marks=pytest.mark.cuda)])
+def test_low_precision_training_step_is_finite_and_close_to_fp32(name, device, dtype):
+    if device == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 instructions")
+    reference, _ = one_step_losses(name, device, torch.float32)
+    loss, finite = one_step_losses(name, device, dtype)
+    assert finite and loss == pytest.approx(reference, rel=3e-2)
+
+
+def demo_shaped_model_dir(tmp_path):
+    """A demo-shaped translator with random weights and the bundled tokenizers, as a model directory."""
+    import dataclasses
+
+    from seq2seq.model_dir import save_translator
+    from seq2seq.presets import translation_demo
+    from seq2seq.tokenizer import Tokenizer
+
+    preset = translation_demo()
+    src_tok, tgt_tok = (Tokenizer(f"tokenizers/multi30k/{lang}.model") for lang in ("en", "fr"))
+    config = dataclasses.replace(preset.model, src_vocab_size=len(src_tok), tgt_vocab_size=len(tgt_tok))
+    torch.manual_seed(0)
+    save_translator(tmp_path / "demo", Translator(config), dataclasses.replace(preset, model=config), src_tok, tgt_tok)
+    return tmp_path / "demo"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_on_a_device_equals_the_cpu_and_is_batch_invariant(device, tmp_path, monkeypatch):
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).resolve().parents[1])
+    model = demo_shaped_model_dir(tmp_path)
+    lines = "A man rides a bike.\nTwo dogs play in the snow.\nA woman is reading a book on a bench.\n" * 3
+
+    def translate(*flags):
+        done = subprocess.run([sys.executable, "-m", "seq2seq.translate", "--model", str(model), "--beam-size", "3",
+                               "--max-len-b", "4", *flags], input=lines, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    on_device = translate("--device", device)
+    assert on_device == translate("--device", "cpu")
+    assert translate("--device", device, "--batch-size", "1") == on_device
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("recipe", ["ptb_lm", "wmt14_enfr", "timit_am"])
+def test_tiny_recipes_run_on_cuda(recipe, tmp_path):
+    done = run(recipe_args(recipe, tmp_path / "data") + ["--output-dir", str(tmp_path / "out"), "--max-steps", "6"],
+               CUDA_VISIBLE_DEVICES="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on cuda" in done.stdout + done.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["num_processes"] == 1
