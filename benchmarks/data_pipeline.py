@@ -70,7 +70,8 @@ def data_flags(train: Path, work: Path) -> list[str]:
 def prepare_in_child(train: Path, work: Path, output: Path) -> dict:
     """seq2seq-prepare in a fresh process: its wall time and its own peak RSS."""
     code = ("import json, resource, sys, time; from seq2seq.prepare import main; t = time.time(); "
-            "m = main(sys.argv[1:]); print('RESULT', json.dumps({'wall': time.time() - t, 'manifest': m, "
+            "main(sys.argv[1:]); m = json.load(open(sys.argv[sys.argv.index('--output') + 1] + '/manifest.json')); "
+            "print('RESULT', json.dumps({'wall': time.time() - t, 'manifest': m, "
             "'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     done = subprocess.run([sys.executable, "-c", code, "--preset", "demo", "--output", str(output),
                            *data_flags(train, work)], capture_output=True, text=True, cwd=ROOT)

@@ -32,6 +32,7 @@ python -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -3
 elapsed() { python -c "import time, sys; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$1"; }
 for precision in "${PRECISIONS[@]}"; do
     name=$([ "$precision" = no ] && echo fp32 || echo "$precision")
+    rm -rf "$OUT/ptb-$name"
     if [ -d "$PTB_DIR" ]; then
         python recipes/ptb_lm.py --config medium --data-dir "$PTB_DIR" --output-dir "$OUT/ptb-$name" --mixed-precision "$precision" \
             --time-budget "$PTB_BUDGET" "${PTB_STEPS[@]}" > "$OUT/ptb-$name.log" 2>&1 || { tail -3 "$OUT/ptb-$name.log"; }
@@ -39,7 +40,7 @@ for precision in "${PRECISIONS[@]}"; do
 import json, sys
 r = json.load(open(sys.argv[1])); h = r["epochs"]
 seconds = r["train_time_s"] / max(1, len(h))
-print(f"PTB medium {sys.argv[2]}: {len(h)} epoch(s), {seconds:.1f} s/epoch of training, {h[-1]['words_per_sec']:.0f} words/s, "
+print(f"PTB medium {sys.argv[2]}: {len(h)} epoch(s) ({r['steps']} steps), {seconds:.1f} s/epoch of training, {h[-1]['words_per_sec']:.0f} words/s, "
       f"valid ppl {h[-1]['valid_ppl']:.2f} after epoch {h[-1]['epoch']}")
 PY
     else

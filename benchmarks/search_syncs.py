@@ -80,6 +80,7 @@ def earlier_search(commit: str):
     spec = importlib.util.spec_from_loader("seq2seq.search_before", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "seq2seq"
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     exec(compile(source, f"{commit}:seq2seq/search.py", "exec"), module.__dict__)
     return module.beam_search
 

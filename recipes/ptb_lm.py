@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, vocab_size=len(vocabulary)))
     train_data = shard_columns(batchify(streams["train"], training.batch_size), accelerator)
     accelerator.print(f"{preset.name}: {preset.model}\n{training}\nvocabulary {len(vocabulary)}, "
-                      f"train {len(streams['train'])} tokens, {accelerator.num_processes} process(es)")
+                      f"train {len(streams['train'])} tokens, {accelerator.num_processes} process(es) on {accelerator.device}")
 
     # Model, plain SGD and the paper's step decay.
     model = LanguageModel(preset.model)

@@ -101,13 +101,16 @@ def batch_of(data: FeatureSet, indices: list[int], device) -> dict:
     padding, phone targets (B, P) and their lengths."""
     rows = [data.utterance(i) for i in indices]
     pad = torch.nn.utils.rnn.pad_sequence
-    return {
-        "features": pad([r[0] for r in rows]).to(device),
-        "lengths": torch.tensor([len(r[0]) for r in rows], device=device),
-        "labels": pad([r[1] for r in rows], padding_value=IGNORE).to(device),
-        "phones": pad([r[2] for r in rows], batch_first=True).to(device),
-        "phone_lengths": torch.tensor([len(r[2]) for r in rows], device=device),
+    batch = {
+        "features": pad([r[0] for r in rows]),
+        "lengths": torch.tensor([len(r[0]) for r in rows]),
+        "labels": pad([r[1] for r in rows], padding_value=IGNORE),
+        "phones": pad([r[2] for r in rows], batch_first=True),
+        "phone_lengths": torch.tensor([len(r[2]) for r in rows]),
     }
+    if torch.device(device).type == "cuda":  # through page-locked memory, without waiting for the copy
+        return {name: t.pin_memory().to(device, non_blocking=True) for name, t in batch.items()}
+    return {name: t.to(device) for name, t in batch.items()}
 
 
 def batches(data: FeatureSet, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[list[int]]:

@@ -68,7 +68,7 @@ def average(inputs: list[Path], output: Path, config_from: Path | None = None) -
 
 
 @exits_cleanly
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="seq2seq-average", description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", nargs="+", type=Path, required=True, help="checkpoint or model directories")
     parser.add_argument("--output", type=Path, required=True, help="the averaged model directory")
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     output = average(args.inputs, args.output, args.config_from)
     print(f"averaged {len(args.inputs)} checkpoints into {output}")
-    return output
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ builds the lexical shortlist (seq2seq.data.prepared); prints the manifest's coun
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from .data.options import add_data_flags, data_from_flags
@@ -30,16 +31,16 @@ def parse_args(argv):
 
 
 @exits_cleanly
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     from .presets import TRANSLATION_PRESETS
 
     args = parse_args(argv)
     preset = TRANSLATION_PRESETS[args.preset]()
     corpus = prepare(data_from_flags(preset.data, args), preset.decoding, args.output,
-                     skip_invalid_utf8=args.skip_invalid_utf8, explicit=True)
+                     skip_invalid_utf8=args.skip_invalid_utf8, explicit=True,
+                     log=lambda line: print(line, file=sys.stderr))  # stdout carries only the JSON summary
     summary = {key: corpus.manifest[key] for key in ("counts", "timings")}
     print(json.dumps(summary, indent=2))
-    return corpus.manifest
 
 
 if __name__ == "__main__":

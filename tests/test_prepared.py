@@ -212,3 +212,16 @@ def test_sigkill_during_preparation_leaves_nothing_that_is_reused(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((tmp_path / "p" / MANIFEST).read_text())
     assert manifest["counts"]["train"]["pairs"] == 60_000 and not (tmp_path / "p.partial").exists()
+
+
+def test_commands_return_nothing_so_their_console_scripts_exit_0(toy, capsys):
+    """Console scripts hand main()'s return value to sys.exit: anything but None would exit 1."""
+    from seq2seq import prepare as prepare_command
+
+    root, _, _ = toy
+    flags = [arg for split in ("train", "valid", "test") for arg in (f"--{split}-prefix", str(root / split))]
+    assert prepare_command.main(["--preset", "tiny", "--output", str(root / "cli"), *flags]) is None
+    assert json.loads(capsys.readouterr().out)["counts"]["train"]["pairs"] == 300
+    with pytest.raises(SystemExit) as refused:  # another setting for a directory the user named: one line, exit 2
+        prepare_command.main(["--preset", "tiny", "--output", str(root / "cli"), "--max-train-pairs", "10", *flags])
+    assert refused.value.code == 2 and "prepared with other settings (max_train_pairs)" in capsys.readouterr().err

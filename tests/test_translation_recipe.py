@@ -347,6 +347,9 @@ def test_average_of_checkpoints_is_their_mean_and_a_usable_model(trained, tmp_pa
     save_file({"x": torch.zeros(2)}, str(tmp_path / "odd" / "model.safetensors"))
     with pytest.raises(UserError, match="holds other tensors"):
         average([steps[0], tmp_path / "odd"], tmp_path / "bad")
+    from seq2seq.average import main as average_command
+
+    assert average_command(["--inputs", *map(str, steps), "--output", str(tmp_path / "again")]) is None
 
 
 def test_recipe_scores_the_average_of_its_last_checkpoints(trained, tmp_path):
