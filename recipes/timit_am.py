@@ -26,19 +26,19 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 import seq2seq
-from seq2seq.acoustic_model import OBJECTIVES, AcousticModel, AcousticModelConfig
-from seq2seq.checkpoint import load_weights, read_config, save_model, write_json
+from seq2seq.acoustic_model import OBJECTIVES, AcousticModel
+from seq2seq.checkpoint import load_weights, write_json
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.plots import plot_curves
 from seq2seq.presets import ACOUSTIC_PRESETS, AcousticPreset
-from seq2seq.speech.ctc import beam_decode, greedy_decode
-from seq2seq.speech.features import (IGNORE, FeatureConfig, FeatureSet, cached_extract, mean_and_inv_std,
-                                     normalize_per_speaker)
-from seq2seq.speech.phones import FOLD_48_TO_39, collapse
-from seq2seq.speech.scoring import phone_error_rate
+from seq2seq.model_dir import load_acoustic_model, save_acoustic_model
+from seq2seq.speech.features import (FeatureConfig, FeatureSet, cached_extract, mean_and_inv_std, normalize_per_speaker,
+                                     padded_batch)
+from seq2seq.speech.phones import FOLD_48_TO_39
+from seq2seq.speech.scoring import phone_error_rate, score_utterance
 from seq2seq.speech.timit import find_utterances, split_speakers
 from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
                                     save_or_stop)
@@ -96,23 +96,6 @@ def load_features(root: Path, features: FeatureConfig, cache_dir: Path, splits_w
     return data
 
 
-def batch_of(data: FeatureSet, indices: list[int], device) -> dict:
-    """Right-padded time-major features (T, B, D), lengths (B,), frame labels (T, B) with IGNORE at
-    padding, phone targets (B, P) and their lengths."""
-    rows = [data.utterance(i) for i in indices]
-    pad = torch.nn.utils.rnn.pad_sequence
-    batch = {
-        "features": pad([r[0] for r in rows]),
-        "lengths": torch.tensor([len(r[0]) for r in rows]),
-        "labels": pad([r[1] for r in rows], padding_value=IGNORE),
-        "phones": pad([r[2] for r in rows], batch_first=True),
-        "phone_lengths": torch.tensor([len(r[2]) for r in rows]),
-    }
-    if torch.device(device).type == "cuda":  # through page-locked memory, without waiting for the copy
-        return {name: t.pin_memory().to(device, non_blocking=True) for name, t in batch.items()}
-    return {name: t.to(device) for name, t in batch.items()}
-
-
 def batches(data: FeatureSet, size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[list[int]]:
     """Utterances of similar length together, a seeded order per epoch."""
     lengths = data.lengths()
@@ -130,7 +113,7 @@ def evaluate(model, data: FeatureSet, preset: AcousticPreset, accelerator, beam:
     rows = []  # (utterance index, correct frames, scored frames, hypothesis, reference)
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed loss, its normaliser
     for indices in mine:
-        batch = batch_of(data, indices, accelerator.device)
+        batch = padded_batch(data, indices, accelerator.device)
         logits = unwrapped(batch["features"], batch["lengths"])  # (T, B, C)
         loss, count = unwrapped.loss(logits, batch["lengths"], batch["labels"], batch["phones"], batch["phone_lengths"])
         totals += torch.stack([loss.double(), count.double()])
@@ -148,19 +131,6 @@ def evaluate(model, data: FeatureSet, preset: AcousticPreset, accelerator, beam:
     if unwrapped.config.objective == "frame":
         result["frame_accuracy"] = 100.0 * sum(r[1] for r in rows) / max(1, scored)
     return result
-
-
-def score_utterance(logits, length, labels, reference, objective, fold, beam_size) -> tuple[int, int, list, list]:
-    """Correct and scored frames on 39 classes, and the hypothesis phone sequence (48-class indices)."""
-    if objective == "ctc":
-        log_probs = torch.log_softmax(logits.float(), -1)
-        hypothesis = beam_decode(log_probs, length, beam_size) if beam_size else greedy_decode(log_probs, length)
-        return 0, 0, hypothesis, reference
-    predicted = logits[:length].argmax(-1)  # (T,)
-    gold = labels[:length]
-    scored = gold != IGNORE
-    correct = int((fold[predicted][scored] == fold[gold[scored]]).sum())
-    return correct, int(scored.sum()), collapse(predicted.tolist()), reference
 
 
 # --- Training ---
@@ -186,7 +156,7 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
             order = batches(corpus, training.batch_size, args.seed, state["epoch"])
             mine = shard_evenly(order, accelerator.num_processes, accelerator.process_index)
             while state["position"] < len(mine) and state["step"] < total:
-                batch = batch_of(corpus, mine[state["position"]], accelerator.device)
+                batch = padded_batch(corpus, mine[state["position"]], accelerator.device)
                 loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
                 state["step"] += 1
                 state["position"] += 1
@@ -232,20 +202,6 @@ def end_of_epoch(model, data, preset, accelerator, output_dir, state, progress) 
         accuracy = f"frame acc {dev['frame_accuracy']:.2f}% | " if "frame_accuracy" in dev else ""
         progress.write(f"epoch {state['epoch']:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
                        f"{' *' if improved else ''}")
-
-
-def save_acoustic_model(directory: Path, model: AcousticModel, preset: AcousticPreset) -> None:
-    save_model(directory, model, model.config, extra={"features": dataclasses.asdict(preset.features),
-                                                      "preset": preset.name})
-
-
-def load_acoustic_model(directory: Path) -> tuple[AcousticModel, FeatureConfig]:
-    config = read_config(directory)
-    if config.get("kind") != "AcousticModel":
-        raise UserError(f"{directory}: not an acoustic model (config.json kind is {config.get('kind')!r})")
-    model = AcousticModel(AcousticModelConfig(**config["model"]))
-    load_weights(directory, model)
-    return model.eval(), FeatureConfig(**config["features"])
 
 
 # --- The experiment ---

@@ -23,6 +23,14 @@ def use_cpu_cores(accelerator) -> int:
     return threads
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A tensor on `device`; to CUDA through page-locked memory without waiting for the copy (it is ordered
+    on the stream before the kernels that read it)."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -1,9 +1,14 @@
-"""A translator's model directory, both halves: what the recipe writes and what `seq2seq-translate` reads.
+"""Model directories, both halves of each: what a recipe writes and what the tools read back.
+
+A translator's (what `seq2seq-translate` reads):
 
     DIR/config.json            {"kind": "Translator", "model": TranslatorConfig, "decoding": ..., "src_lang", "tgt_lang", ...}
     DIR/model.safetensors      the weights
     DIR/source.model, target.model   the SentencePiece models, checked by fingerprint on load
     DIR/shortlist.safetensors  optional lexical shortlist (seq2seq.shortlist)
+
+An acoustic model's: config.json ({"kind": "AcousticModel", "model", "features", "preset"}) and
+model.safetensors (the weights with the feature normalisation statistics).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import atomic_write, load_weights, read_config, save_model
+from .acoustic_model import AcousticModel, AcousticModelConfig
 from .errors import UserError
+from .speech.features import FeatureConfig
 from .tokenizer import Tokenizer
 from .translator import Translator, TranslatorConfig
 
@@ -46,3 +53,19 @@ def load_translator(directory: str | Path) -> tuple[Translator, Tokenizer, Token
         if len(tok) != vocab or (expected and tok.fingerprint() != expected):
             raise UserError(f"{tok.path}: this {side} tokenizer ({len(tok)} pieces) is not the one the model was trained with")
     return load_weights(directory, Translator(config)).eval(), src_tok, tgt_tok, payload
+
+
+def save_acoustic_model(directory: str | Path, model: AcousticModel, preset) -> None:
+    save_model(directory, model, model.config, extra={"features": dataclasses.asdict(preset.features),
+                                                      "preset": preset.name})
+
+
+def load_acoustic_model(directory: str | Path) -> tuple[AcousticModel, FeatureConfig]:
+    """Model (eval mode) and the feature settings it was trained on."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if config.get("kind") != "AcousticModel":
+        raise UserError(f"{directory}: not an acoustic model (config.json kind is {config.get('kind')!r})")
+    model = AcousticModel(AcousticModelConfig(**config["model"]))
+    load_weights(directory, model)
+    return model.eval(), FeatureConfig(**config["features"])

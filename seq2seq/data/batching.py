@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..devices import to_device
 from ..tokenizer import BOS, EOS, to_tensor
 
 
@@ -24,12 +25,8 @@ class Batch:
     index: Tensor
 
     def to(self, device) -> Batch:
-        """The batch on `device`; to CUDA through page-locked memory, without waiting for the copy (it is
-        ordered on the stream before the kernels that read it)."""
-        tensors = (self.src, self.src_lengths, self.tgt_in, self.tgt_out, self.index)
-        if torch.device(device).type == "cuda":
-            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in tensors))
-        return Batch(*(t.to(device) for t in tensors))
+        """The batch on `device` (to CUDA through pinned memory, seq2seq.devices.to_device)."""
+        return Batch(*(to_device(t, device) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out, self.index)))
 
 
 def collate(src: list[list[int]], tgt: list[list[int]], index: list[int]) -> Batch:

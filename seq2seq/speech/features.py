@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write
+from ..devices import to_device
 from .phones import PHONES_48, fold
 from .timit import SAMPLE_RATE, speech_library, Segment, Utterance, read_audio, read_phones
 
@@ -103,6 +104,21 @@ class FeatureSet:
         """Features (T, dim), frame labels (T,), phone sequence (P,) of utterance i."""
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.features[a:b], self.labels[a:b], self.phones[self.phone_offsets[i] : self.phone_offsets[i + 1]]
+
+
+def padded_batch(data: FeatureSet, indices: list[int], device) -> dict[str, Tensor]:
+    """Right-padded time-major features (T, B, D), lengths (B,), frame labels (T, B) with IGNORE at
+    padding, phone targets (B, P) and their lengths, on `device`."""
+    rows = [data.utterance(i) for i in indices]
+    pad = torch.nn.utils.rnn.pad_sequence
+    batch = {
+        "features": pad([r[0] for r in rows]),
+        "lengths": torch.tensor([len(r[0]) for r in rows]),
+        "labels": pad([r[1] for r in rows], padding_value=IGNORE),
+        "phones": pad([r[2] for r in rows], batch_first=True),
+        "phone_lengths": torch.tensor([len(r[2]) for r in rows]),
+    }
+    return {name: to_device(tensor, device) for name, tensor in batch.items()}
 
 
 def extract(utterances: list[Utterance], config: FeatureConfig, desc: str = "features") -> FeatureSet:
