@@ -14,6 +14,7 @@ Prints one table row per corpus size and the extrapolation to 12M and 40.8M pair
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import itertools
 import json
@@ -130,8 +131,8 @@ def loader_and_training(prepared: Path) -> dict:
         train.batch(indices)
     loader = min(2000, len(plan)) / (time.perf_counter() - started)
     torch.manual_seed(0)
-    config = dict(src_vocab_size=len(corpus.src_tok), tgt_vocab_size=len(corpus.tgt_tok))
-    model = Translator(type(preset.model)(**{**preset.model.__dict__, **config}))
+    model = Translator(dataclasses.replace(preset.model, src_vocab_size=len(corpus.src_tok),
+                                           tgt_vocab_size=len(corpus.tgt_tok)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = [train.batch(indices) for indices in plan[:12]]
     for i, batch in enumerate(batches):

@@ -35,7 +35,7 @@ import torch
 from . import __version__
 from .checkpoint import write_json
 from .data.batching import token_batches
-from .data.parallel import open_text, read_text_lines
+from .data.parallel import decode_line, open_text, read_text_lines
 from .devices import DTYPES, choose_device, choose_dtype
 from .errors import ArgumentParser, UserError, exits_cleanly, positive
 from .metrics import check_aligned, corpus_scores
@@ -152,18 +152,11 @@ def input_chunks(name: str, size: int) -> Iterator[list[str]]:
             raw = reader.lines(size) if source is None else [line for _, line in zip(range(size), source)]
             if not raw:
                 return
-            yield [decoded(line, label, number + i + 1) for i, line in enumerate(raw)]
+            yield [decode_line(line, label, number + i + 1) for i, line in enumerate(raw)]
             number += len(raw)
     finally:
         if source is not None:
             source.close()
-
-
-def decoded(raw: bytes, label: str, number: int) -> str:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{label}, line {number}: invalid UTF-8 ({error.reason})") from None
 
 
 @contextmanager

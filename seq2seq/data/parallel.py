@@ -34,6 +34,20 @@ def resolve(prefix: str | Path, lang: str) -> Path:
     raise UserError(f"{plain}: no such file (nor {compressed.name})")
 
 
+SKIP_HINT = "; --skip-invalid-utf8 drops such lines"
+
+
+def decode_line(raw: bytes, where, number: int, skip_invalid: bool = False, hint: str = "") -> str | None:
+    """One line without its newline; invalid UTF-8 is a UserError naming `where` and the line (1-based), or
+    None with skip_invalid."""
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        if skip_invalid:
+            return None
+        raise UserError(f"{where}, line {number}: invalid UTF-8 ({error.reason}){hint}") from None
+
+
 def iter_text_lines(path: Path, skip_invalid: bool = False) -> Iterator[str | None]:
     """Decoded lines without their newline, streamed. Invalid UTF-8 is a UserError naming file and line,
     or with skip_invalid that line comes back as None (so parallel files stay aligned). An unreadable
@@ -41,13 +55,7 @@ def iter_text_lines(path: Path, skip_invalid: bool = False) -> Iterator[str | No
     try:
         with open_text(path) as handle:
             for number, raw in enumerate(handle, start=1):
-                try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as error:
-                    if not skip_invalid:
-                        raise UserError(f"{path}, line {number}: invalid UTF-8 ({error.reason}); "
-                                        f"--skip-invalid-utf8 drops such lines") from None
-                    yield None
+                yield decode_line(raw, path, number, skip_invalid, SKIP_HINT)
     except (OSError, EOFError) as error:
         raise UserError(f"{path}: cannot be read ({error})") from None
 

@@ -39,7 +39,8 @@ from ..errors import UserError
 from ..shortlist import SHORTLIST_NAME, Shortlist, build_shortlist
 from ..tokenizer import Tokenizer, train_sentencepiece
 from .encoded import SIDES, ArrayWriter, EncodedPairs, concatenate, read_chunks, token_dtype
-from .parallel import CleaningReport, Pair, clean_pairs, iter_parallel_text, load_hf_pairs, open_text, resolve
+from .parallel import (SKIP_HINT, CleaningReport, Pair, clean_pairs, decode_line, iter_parallel_text, load_hf_pairs,
+                       open_text, resolve)
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -329,7 +330,8 @@ def sample_by_line(data, skip_invalid_utf8: bool, seed: int) -> tuple[int, list[
         target = next(wanted, None)
         for number, (a, b) in enumerate(zip(src, tgt)):
             if number == target:
-                picked.append((decoded(a, paths[0], number, skip_invalid_utf8), decoded(b, paths[1], number, skip_invalid_utf8)))
+                picked.append(tuple(decode_line(raw, path, number + 1, skip_invalid_utf8, SKIP_HINT)
+                                    for raw, path in ((a, paths[0]), (b, paths[1]))))
                 target = next(wanted, None)
     sample = [(a, b) for a, b in picked if a is not None and b is not None]
     return lines, list(clean_pairs(sample, data.max_words, data.max_ratio))
@@ -338,16 +340,6 @@ def sample_by_line(data, skip_invalid_utf8: bool, seed: int) -> tuple[int, list[
 def count_lines(path: Path) -> int:
     with open_text(path) as handle:
         return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 24), b""))
-
-
-def decoded(raw: bytes, path: Path, number: int, skip_invalid: bool) -> str | None:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as error:
-        if skip_invalid:
-            return None
-        raise UserError(f"{path}, line {number + 1}: invalid UTF-8 ({error.reason}); --skip-invalid-utf8 drops "
-                        f"such lines") from None
 
 
 def spool_and_sample(pairs: Iterator[Pair], prefix: Path, sample_size: int, seed: int):
