@@ -25,13 +25,14 @@ class DropoutMasks:
     broadcast over time.
 
     inputs[l]: on the input of layer l (the embeddings for l = 0, else layer l-1's output).
-    output: on the top layer's output, before the softmax.
+    output: on the top layer's output, before the softmax; None where the model that owns the stack
+        drops a different vector before its softmax (the translator with attention, seq2seq.translator).
     recurrent[l]: on h_{t-1} where it enters layer l's gates; None when the mode keeps the
         recurrent path clean.
     """
 
     inputs: tuple[Tensor, ...]
-    output: Tensor
+    output: Tensor | None
     recurrent: tuple[Tensor, ...] | None = None
 
     def at(self, t: int) -> DropoutMasks:
@@ -41,7 +42,8 @@ class DropoutMasks:
             return mask if mask.shape[0] == 1 else mask[t : t + 1]
 
         recurrent = None if self.recurrent is None else tuple(map(pick, self.recurrent))
-        return DropoutMasks(tuple(map(pick, self.inputs)), pick(self.output), recurrent)
+        output = None if self.output is None else pick(self.output)
+        return DropoutMasks(tuple(map(pick, self.inputs)), output, recurrent)
 
 
 def check_dropout(dropout: float, dropout_mode: str) -> None:

@@ -122,7 +122,7 @@ class StackedLSTM(nn.Module):
         each sequence's own last step and padded outputs are zero.
         final_state=False (a frame classifier needs only the outputs): padded batches skip packing, whose
         CPU backward is ~10x slower than the fused kernel's; the state returned is then None.
-        Returns the top layer's masked output (T, B, H) and the final state.
+        Returns the top layer's output (T, B, H), times masks.output unless that is None, and the final state.
         """
         if lengths is not None and not final_state and state is None:
             return self._forward_outputs_only(x, masks, lengths), None
@@ -144,7 +144,7 @@ class StackedLSTM(nn.Module):
                 x, h, c = recurrent_layer(x, h, c, layer, masks.recurrent[layer_index], lengths)
             hs.append(h)
             cs.append(c)
-        if masks is not None:
+        if masks is not None and masks.output is not None:
             x = x * masks.output
         return x, (torch.stack(hs), torch.stack(cs))
 
@@ -192,7 +192,7 @@ class StackedLSTM(nn.Module):
             if masks is not None:
                 x = x * masks.inputs[layer_index]
             x = self._layer_outputs(layer, x, lengths) * valid
-        return x if masks is None else x * masks.output
+        return x if masks is None or masks.output is None else x * masks.output
 
     @staticmethod
     def _layer_outputs(layer: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:

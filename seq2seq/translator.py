@@ -1,21 +1,36 @@
 """The encoder-decoder stacked LSTM translator of Sutskever et al. (2014), regularised as in Zaremba
-et al. (2014), Sec. 4.2: dropout on embedding -> encoder, between layers, and decoder -> softmax.
+et al. (2014), Sec. 4.2: dropout on the non-recurrent connections only.
 
 The decoder starts from the encoder's final (h, c) of every layer. The source is read reversed
 (Sutskever et al. Sec. 3.3: it puts the first source words next to the first target words).
 Optional: Luong global attention, with or without input feeding, tied decoder embeddings, and a
 bidirectional encoder (each layer's final state is [forward; backward], so the decoder's init keeps its shape).
+
+Where dropout goes, for every combination of those options. The paper's "top layer -> softmax" is, with
+attention, "attentional vector h~_t = tanh(W_c [c_t; h_t]) -> softmax": the vector the output projection reads.
+Fresh = a new mask at every time step; per sequence = one mask per sentence (Gal & Ghahramani 2016).
+
+| connection                                         | zaremba | variational  | naive | none |
+|----------------------------------------------------|---------|--------------|-------|------|
+| embedding -> first layer (encoder and decoder)     | fresh   | per sequence | fresh | -    |
+| layer l -> layer l + 1 (encoder and decoder)       | fresh   | per sequence | fresh | -    |
+| the vector the output projection reads             | fresh   | per sequence | fresh | -    |
+| h_{t-1} -> gates (encoder and decoder)             | never   | per sequence | fresh | -    |
+| h~_{t-1} -> next decoder input (input feeding)     | never   | per sequence | fresh | -    |
+| c_{t-1}; attention query (decoder top output);     | never   | never        | never | -    |
+| encoder outputs read by attention; encoder final   |         |              |       |      |
+| state -> decoder initial state                     |         |              |       |      |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from .attention import LuongAttention
-from .dropout import check_dropout
+from .dropout import DropoutMasks, check_dropout
 from .lstm import StackedLSTM, reverse_padded
 from .softmax import linear_cross_entropy
 from .tokenizer import PAD
@@ -120,31 +135,59 @@ class Translator(nn.Module):
         if c.tie_embeddings:
             self.output.weight = self.tgt_embedding.weight
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Memory, DecoderState]:
-        """src: (S, B) right-padded ids; src_lengths: (B,). Returns the memory and the decoder's
-        initial state (the encoder's final h, c of every layer)."""
+    def encode(self, src: Tensor, src_lengths: Tensor,
+               masks: DropoutMasks | None = None) -> tuple[Memory, DecoderState]:
+        """src: (S, B) right-padded ids; src_lengths: (B,); masks: the encoder's (drawn here when training and
+        None), over the source as the encoder reads it (reversed); their output mask is not used: the encoder's
+        outputs, read by attention, are not dropped. Returns the memory and the decoder's initial state (the
+        encoder's final h, c of every layer)."""
         if self.config.reverse_source:
             src = reverse_padded(src, src_lengths)
-        outputs, (h, c) = self.encoder(self.src_embedding(src), lengths=src_lengths)  # (S, B, H)
+        embedded = self.src_embedding(src)  # (S, B, E)
+        if masks is None:
+            masks = self.encoder.sample_masks(src.shape[0], src.shape[1], device=src.device)
+        masks = None if masks is None else replace(masks, output=None)
+        outputs, (h, c) = self.encoder(embedded, masks=masks, lengths=src_lengths)  # (S, B, H)
         src_mask = torch.arange(src.shape[0], device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)  # (B, S)
         keys = self.attention.keys(outputs) if self.attention is not None else None
         feed = h.new_zeros(h.shape[1:]) if self.config.input_feeding else None
         return Memory(outputs if self.attention is not None else None, keys, src_mask), DecoderState(h, c, feed)
 
-    def decode(self, tgt_in: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
-        """Teacher-forced decoder over tgt_in (T, B). Returns the states that feed the softmax (T, B, H)."""
+    def dropout_masks(self, steps: int, batch: int, device=None, generator=None) -> DropoutMasks | None:
+        """The decoder's masks for a training pass over (steps, batch), placed as in the module's table:
+        inputs[0] covers [embedding; h~_{t-1}] (its h~ part all ones in zaremba mode: that path runs across
+        time), inputs[l] layer l's input, recurrent[l] h_{t-1} of layer l (variational and naive), and output
+        the vector the output projection reads. None in eval mode or without dropout."""
+        masks = self.decoder.sample_masks(steps, batch, device=device, generator=generator)
+        if masks is None or not (self.config.input_feeding and self.config.dropout_mode == "zaremba"):
+            return masks
+        first = masks.inputs[0].clone()
+        first[..., self.config.embedding_size :] = 1.0
+        return replace(masks, inputs=(first, *masks.inputs[1:]))
+
+    def decode(self, tgt_in: Tensor, state: DecoderState, memory: Memory,
+               masks: DropoutMasks | None = None) -> tuple[Tensor, DecoderState]:
+        """Teacher-forced decoder over tgt_in (T, B); masks from dropout_masks() (drawn here when training and
+        None). Returns the vectors the output projection reads (T, B, H), dropped by masks.output: the top
+        LSTM output, or with attention the attentional vector (the query itself is never dropped)."""
         embedded = self.tgt_embedding(tgt_in)  # (T, B, E)
         state = state.resolved()
+        if masks is None:
+            masks = self.dropout_masks(tgt_in.shape[0], tgt_in.shape[1], device=tgt_in.device)
+        lstm_masks = None if masks is None else replace(masks, output=None)
         if self.config.input_feeding:
-            return self._decode_feeding(embedded, state, memory)
-        top, (h, c) = self.decoder(embedded, (state.h, state.c))  # (T, B, H)
-        if self.attention is not None:
-            top = self.attention(top, memory.keys, memory.outputs, memory.src_mask)
-        return top, DecoderState(h, c)
+            top, state = self._decode_feeding(embedded, state, memory, lstm_masks)
+        else:
+            top, (h, c) = self.decoder(embedded, (state.h, state.c), lstm_masks)  # (T, B, H)
+            if self.attention is not None:
+                top = self.attention(top, memory.keys, memory.outputs, memory.src_mask)  # (T, B, H)
+            state = DecoderState(h, c)
+        return (top if masks is None else top * masks.output), state
 
-    def _decode_feeding(self, embedded: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState]:
-        """Luong input feeding: step t reads [embedding; h~_{t-1}], so the decoder runs step by step."""
-        masks = self.decoder.sample_masks(embedded.shape[0], embedded.shape[1], device=embedded.device)
+    def _decode_feeding(self, embedded: Tensor, state: DecoderState, memory: Memory,
+                        masks: DropoutMasks | None) -> tuple[Tensor, DecoderState]:
+        """Luong input feeding: step t reads [embedding; h~_{t-1}], so the decoder runs step by step.
+        h~_{t-1} is fed as attention made it; only its copy bound for the softmax is dropped (in decode)."""
         lstm_state, feed, outputs = (state.h, state.c), state.feed, []
         for t in range(embedded.shape[0]):
             step_input = torch.cat([embedded[t], feed], dim=-1).unsqueeze(0)  # (1, B, E + H)
