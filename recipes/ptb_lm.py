@@ -33,8 +33,8 @@ from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.schedule import step_decay_lr
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
-                                    save_or_stop)
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
+                                    resume, save_or_stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,7 +101,7 @@ def train_window(model, optimizer, inputs, targets, hidden, training, accelerato
     check_finite(loss, step, accelerator, checkpointer)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
-    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    clip_gradients(model, training.max_grad_norm, step, accelerator, checkpointer)
     optimizer.step()
     return hidden, nll.item()
 

@@ -40,8 +40,8 @@ from seq2seq.speech.features import (FeatureConfig, FeatureSet, cached_extract, 
 from seq2seq.speech.phones import FOLD_48_TO_39
 from seq2seq.speech.scoring import phone_error_rate, score_utterance
 from seq2seq.speech.timit import find_utterances, split_speakers
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
-                                    save_or_stop)
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
+                                    resume, save_or_stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -181,7 +181,7 @@ def train_step(model, optimizer, batch, training, accelerator, step: int, checkp
     loss = loss / count.clamp_min(1)
     check_finite(loss, step, accelerator, checkpointer)
     accelerator.backward(loss)
-    accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    clip_gradients(model, training.max_grad_norm, step, accelerator, checkpointer)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()

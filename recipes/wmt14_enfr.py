@@ -42,8 +42,8 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.shortlist import SHORTLIST_NAME
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, resume,
-                                    save_or_stop)
+from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
+                                    resume, save_or_stop)
 from seq2seq.translator import Translator
 
 
@@ -184,7 +184,7 @@ def train_step(model, optimizer, batch, training, accelerator, step: int, checkp
     check_finite(loss, step, accelerator, checkpointer)
     accelerator.backward(loss)
     if accelerator.sync_gradients:
-        accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+        clip_gradients(model, training.max_grad_norm, step, accelerator, checkpointer)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()

@@ -193,10 +193,24 @@ def check_finite(loss: torch.Tensor, step: int, accelerator, checkpointer: Check
     if accelerator.num_processes > 1:
         value = accelerator.reduce(value, "sum")
     if not torch.isfinite(value).all():
-        latest = checkpointer.latest()
-        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-        raise UserError(f"the training loss became {value.item()} at step {step}; stopped before updating the "
-                        f"weights, {kept}; lower the learning rate or check the data")
+        stop_before_update(f"the training loss became {value.item()}", step, checkpointer)
+
+
+def clip_gradients(model, max_norm: float, step: int, accelerator, checkpointer: Checkpointer) -> float:
+    """Clip the gradients' global norm to max_norm (every rank sees the same, reduced gradients) and stop
+    before the update when the norm is inf or NaN: a finite loss can still have such gradients. Under fp16
+    loss scaling they are the scaler's to handle (it skips that update and lowers the scale), so they pass."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    if getattr(accelerator, "scaler", None) is None and not bool(torch.isfinite(norm)):
+        stop_before_update(f"the gradient norm became {float(norm)} with a finite loss", step, checkpointer)
+    return float(norm)
+
+
+def stop_before_update(what: str, step: int, checkpointer: Checkpointer) -> None:
+    latest = checkpointer.latest()
+    kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    raise UserError(f"{what} at step {step}; stopped before updating the weights, {kept}; lower the learning "
+                    f"rate or check the data")
 
 
 def resume(checkpointer: Checkpointer, explicit: Path | None, model, optimizer, fresh: dict) -> tuple[dict, dict]:

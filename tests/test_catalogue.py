@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import load_recipe
 from recipe_runs import recipe_args, run
 
@@ -60,6 +61,34 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp
     last_good = tmp_path / "out" / "checkpoints" / "step-000000006"
     assert err.startswith("error: the training loss became nan at step 7;") and str(last_good) in err
     assert sorted(p.name for p in last_good.parent.iterdir()) == ["step-000000003", "step-000000006"]
+
+
+def test_inf_gradients_with_a_finite_loss_stop_before_the_update(tmp_path, capsys, monkeypatch):
+    forward, calls, steps = LanguageModel.forward, {"n": 0}, []
+
+    def poisoned(self, inputs, state=None, targets=None):
+        nll, state = forward(self, inputs, state, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # the loss stays finite; the gradient flowing back from it does not
+                nll.register_hook(lambda grad: grad * float("inf"))
+        return nll, state
+
+    monkeypatch.setattr(LanguageModel, "forward", poisoned)
+    sgd_step = torch.optim.SGD.step
+
+    def recorded(self, *args, **kwargs):
+        steps.append(calls["n"])
+        return sgd_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recorded)
+    with pytest.raises(SystemExit) as stopped:
+        tiny_ptb(tmp_path, "--checkpoint-every", "2")
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    last_good = tmp_path / "out" / "checkpoints" / "step-000000004"
+    assert err.startswith("error: the gradient norm became ") and "at step 5;" in err and str(last_good) in err
+    assert "stopped before updating the weights" in err and steps == [1, 2, 3, 4]
 
 
 class Payload:
