@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
     parser.add_argument("--checkpoint-every", type=positive(int), default=1000, help="updates between checkpoints")
     parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
     parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
     return parser.parse_args(argv)
 
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
-                                "data": str(args.data_dir.resolve())}, accelerator)
+                                "data": str(args.data_dir.resolve())}, accelerator, args.overwrite)
 
     state = train(model, optimizer, train_data, streams, preset, args, accelerator)
 

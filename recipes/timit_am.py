@@ -44,6 +44,10 @@ from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, c
                                     resume, save_or_stop)
 
 
+TRAINING_FLAGS = ("preset", "objective", "dropout_mode", "dropout", "epochs", "max_steps", "seed", "checkpoint_every",
+                  "keep_checkpoints", "overwrite", "resume")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Train (or score) a TIMIT LSTM acoustic model.")
     parser.add_argument("--timit-root", type=Path, required=True, help="holds TRAIN/ and TEST/ (any letter case)")
@@ -60,12 +64,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT/features)")
     parser.add_argument("--checkpoint-every", type=positive(int), default=200, help="steps between checkpoints")
     parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
     parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
     parser.add_argument("--eval-only", action="store_true", help="score --model on the test split and exit")
     parser.add_argument("--model", type=Path, help="a trained model dir (with --eval-only)")
     args = parser.parse_args(argv)
     if args.eval_only and args.model is None:
         parser.error("--eval-only needs --model DIR")
+    given = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) != parser.get_default(name)]
+    if args.eval_only and given:
+        parser.error(f"--eval-only scores a model with its own settings; {', '.join(given)} would be ignored")
     return args
 
 
@@ -90,7 +99,7 @@ def load_features(root: Path, features: FeatureConfig, cache_dir: Path, splits_w
     data = {}
     with accelerator.main_process_first():
         for name in splits_wanted:
-            data[name] = cached_extract(split[name], features, cache_dir, name)
+            data[name] = cached_extract(split[name], features, cache_dir, name, log=accelerator.print)
     if features.normalization == "speaker":
         data = {name: normalize_per_speaker(d) for name, d in data.items()}
     return data
@@ -230,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
-                           "timit_root": str(args.timit_root.resolve())}, accelerator)
+                           "timit_root": str(args.timit_root.resolve())}, accelerator, args.overwrite)
 
     state = train(model, optimizer, data, preset, args, accelerator, output_dir)
 
@@ -254,8 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def eval_only(args, accelerator) -> dict:
-    model, features = load_acoustic_model(args.model)
-    preset = dataclasses.replace(ACOUSTIC_PRESETS["default"](), features=features, model=model.config)
+    model, features, stored = load_acoustic_model(args.model)  # decoding settings from the model dir too
+    preset = ACOUSTIC_PRESETS.get(stored.get("preset"), ACOUSTIC_PRESETS["default"])()
+    beam_size = stored.get("beam_size", preset.training.beam_size)
+    preset = dataclasses.replace(preset, features=features, model=model.config,
+                                 training=dataclasses.replace(preset.training, beam_size=beam_size))
     cache = args.cache_dir or args.model.parent / "features"
     data = load_features(args.timit_root, features, cache, ("test",), accelerator)
     model = accelerator.prepare(model)

@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
     parser.add_argument("--checkpoint-every", type=positive(int), default=500, help="updates between checkpoints")
     parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
     parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
     parser.add_argument("--average-last", type=positive(int), metavar="K", help="also score the mean of the last K "
                         "checkpoints, written to OUTPUT/averaged (seq2seq-average); needs --keep-checkpoints >= K")
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers("wmt14_enfr", config={k: str(v) for k, v in dataclasses.asdict(preset).items()})
     check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
-                           "tokenizers": [corpus.src_tok.fingerprint(), corpus.tgt_tok.fingerprint()]}, accelerator)
+                           "tokenizers": [corpus.src_tok.fingerprint(), corpus.tgt_tok.fingerprint()]},
+              accelerator, args.overwrite)
 
     state = train(model, optimizer, corpus, preset, args, accelerator, output_dir)
 

@@ -56,16 +56,20 @@ def load_translator(directory: str | Path) -> tuple[Translator, Tokenizer, Token
 
 
 def save_acoustic_model(directory: str | Path, model: AcousticModel, preset) -> None:
+    """The weights, the model config, the feature settings and the decoding settings (CTC beam) of a preset."""
     save_model(directory, model, model.config, extra={"features": dataclasses.asdict(preset.features),
-                                                      "preset": preset.name})
+                                                      "beam_size": preset.training.beam_size, "preset": preset.name})
 
 
-def load_acoustic_model(directory: str | Path) -> tuple[AcousticModel, FeatureConfig]:
-    """Model (eval mode) and the feature settings it was trained on."""
+def load_acoustic_model(directory: str | Path) -> tuple[AcousticModel, FeatureConfig, dict]:
+    """Model (eval mode), the feature settings it was trained on, and the config payload (beam_size, preset)."""
     directory = Path(directory)
     config = read_config(directory)
     if config.get("kind") != "AcousticModel":
         raise UserError(f"{directory}: not an acoustic model (config.json kind is {config.get('kind')!r})")
-    model = AcousticModel(AcousticModelConfig(**config["model"]))
+    try:
+        model, features = AcousticModel(AcousticModelConfig(**config["model"])), FeatureConfig(**config["features"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise UserError(f"{directory / 'config.json'}: invalid model config ({error})") from None
     load_weights(directory, model)
-    return model.eval(), FeatureConfig(**config["features"])
+    return model.eval(), features, config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -30,10 +30,13 @@ SHORTLIST_NAME = "shortlist.safetensors"
 
 @dataclass(frozen=True)
 class Shortlist:
-    """translations: (Vs, per_source) target ids per source id; frequent: (M,) target ids."""
+    """translations: (Vs, per_source) target ids per source id; frequent: (M,) target ids; tokenizers: the
+    fingerprints (seq2seq.tokenizer.Tokenizer.fingerprint) of the source and target SentencePiece models
+    whose ids these are, when known: a shortlist is meaningless under other models of the same size."""
 
     translations: Tensor
     frequent: Tensor
+    tokenizers: tuple[str, str] | None = None
 
     def candidates(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The target ids a batch may emit and which of them each sentence may emit.
@@ -59,18 +62,29 @@ class Shortlist:
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         tensors = {"translations": self.translations.contiguous(), "frequent": self.frequent.contiguous()}
-        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+        metadata = dict(metadata or {})
+        if self.tokenizers is not None:
+            metadata["tokenizers"] = ",".join(self.tokenizers)
+        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata or None))
 
     @classmethod
-    def load(cls, path: str | Path, src_vocab_size: int, tgt_vocab_size: int) -> Shortlist:
-        """Read a shortlist and check it against the model's vocabulary sizes."""
+    def load(cls, path: str | Path, src_vocab_size: int, tgt_vocab_size: int,
+             tokenizers: tuple[str, str] | None = None) -> Shortlist:
+        """Read a shortlist and check it against the model's vocabulary sizes and, where both are known, the
+        fingerprints of its SentencePiece models (`tokenizers`)."""
         try:
             tensors = load_file(str(path))
-            shortlist = cls(tensors["translations"].long(), tensors["frequent"].long())
+            with safe_open(str(path), "pt") as handle:
+                stored = (handle.metadata() or {}).get("tokenizers")
+            stored = tuple(stored.split(",")) if stored else None
+            shortlist = cls(tensors["translations"].long(), tensors["frequent"].long(), stored)
         except (SafetensorError, KeyError, OSError) as error:
             raise UserError(f"{path}: not a readable shortlist ({error})") from None
         if shortlist.translations.shape[0] != src_vocab_size or int(shortlist.translations.max()) >= tgt_vocab_size:
             raise UserError(f"{path}: this shortlist was built for other vocabularies than the model's")
+        if tokenizers is not None and stored is not None and tuple(tokenizers) != stored:
+            raise UserError(f"{path}: this shortlist was built for other SentencePiece models than the model's "
+                            f"(fingerprints {','.join(stored)}, the model's {','.join(tokenizers)})")
         return shortlist
 
 
@@ -167,7 +181,8 @@ def build_shortlist(sample: EncodedPairs, src_vocab_size: int, tgt_vocab_size: i
     return Shortlist(torch.from_numpy(translations), counts.topk(min(frequent, tgt_vocab_size)).indices)
 
 
-def load_shortlist(directory: str | Path, src_vocab_size: int, tgt_vocab_size: int) -> Shortlist | None:
-    """DIR/shortlist.safetensors, or None when the model directory has none."""
+def load_shortlist(directory: str | Path, src_vocab_size: int, tgt_vocab_size: int,
+                   tokenizers: tuple[str, str] | None = None) -> Shortlist | None:
+    """DIR/shortlist.safetensors, or None when the model directory has none; checked as Shortlist.load does."""
     path = Path(directory) / SHORTLIST_NAME
-    return Shortlist.load(path, src_vocab_size, tgt_vocab_size) if path.is_file() else None
+    return Shortlist.load(path, src_vocab_size, tgt_vocab_size, tokenizers) if path.is_file() else None

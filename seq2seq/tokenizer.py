@@ -6,6 +6,8 @@ units, which is what makes the softmax affordable. Ids: 0 = <pad>, 1 = <unk>, 2 
 
 from __future__ import annotations
 
+import hashlib
+
 import io
 import random
 from collections.abc import Iterable
@@ -14,6 +16,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
+from .checkpoint import atomic_write
 from .errors import UserError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -46,9 +49,12 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         """A short identity of the model file's content, stored with a translator to catch mismatches."""
-        import hashlib
+        return file_fingerprint(self.path)
 
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+def file_fingerprint(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def train_sentencepiece(texts: Iterable[str], model_path: str | Path, vocab_size: int, model_type: str = "unigram",
@@ -70,9 +76,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str | Path, vocab_size
             hard_vocab_limit=False, minloglevel=2)  # the sample above is already bounded and seeded
     except RuntimeError as error:
         raise UserError(f"SentencePiece training for {model_path} failed: {str(error).splitlines()[0]}") from None
-    model_path = Path(model_path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(buffer.getvalue())
+    atomic_write(model_path, lambda temporary: Path(temporary).write_bytes(buffer.getvalue()))
     return Tokenizer(model_path)
 
 

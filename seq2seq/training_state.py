@@ -61,9 +61,13 @@ class Checkpointer:
         self.root, self.accelerator, self.keep = Path(output_dir) / "checkpoints", accelerator, keep
 
     def complete(self) -> list[Path]:
-        """Finished checkpoints, oldest first."""
+        """Finished checkpoints, oldest first (one caught mid-replacement is first put back, see replace_directory)."""
         if not self.root.is_dir():
             return []
+        for replaced in self.root.glob(".step-*.replaced"):
+            final = self.root / replaced.name[1 : -len(".replaced")]
+            if not final.exists() and self.accelerator.is_main_process:
+                replaced.rename(final)
         return sorted(p for p in self.root.glob("step-*") if (p / "progress.json").is_file())
 
     def latest(self) -> Path | None:
@@ -85,8 +89,7 @@ class Checkpointer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(temporary / "progress.json", {**progress, "num_processes": acc.num_processes})
-            shutil.rmtree(final, ignore_errors=True)
-            temporary.rename(final)
+            replace_directory(temporary, final)
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -109,20 +112,46 @@ class Checkpointer:
         return progress, mine["tensors"]
 
 
-def check_run(output_dir: Path, run: dict, accelerator) -> None:
-    """OUTPUT/run.json records what a run's checkpoints were made with. Resuming from checkpoints made
-    with a different configuration would silently mix two runs: refuse, naming the fields."""
-    path = Path(output_dir) / RUN_FILE
+def replace_directory(new: Path, final: Path) -> None:
+    """Move `new` to `final`. An existing `final` is first renamed aside to .NAME.replaced and deleted only
+    once `new` is in place, so there is no moment without either on disk (Checkpointer.complete() puts a
+    .replaced directory back if a crash comes between the two renames)."""
+    if not final.exists():
+        new.rename(final)
+        return
+    aside = final.with_name(f".{final.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    final.rename(aside)
+    new.rename(final)
+    shutil.rmtree(aside)
+
+
+RUN_OUTPUTS = ("checkpoints", "model", "results.json")
+
+
+def check_run(output_dir: Path, run: dict, accelerator, overwrite: bool = False) -> None:
+    """OUTPUT/run.json records what made the run whose checkpoints, model and results OUTPUT holds. The same
+    run continues there; another run (different fields, or no run.json beside them) is refused in one line,
+    unless overwrite: then those outputs are deleted and the run starts afresh."""
+    output_dir = Path(output_dir)
+    path = output_dir / RUN_FILE
     run = json.loads(json.dumps(run))  # tuples -> lists, as read back
-    if path.is_file() and Checkpointer(output_dir, accelerator).latest() is not None:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
-        if differ:
-            raise UserError(f"{output_dir} holds checkpoints of another run (different {', '.join(differ)}); "
-                            f"use a new --output-dir or the original settings")
-    accelerator.wait_for_everyone()
+    held = [name for name in RUN_OUTPUTS if (output_dir / name).is_file() or any((output_dir / name).glob("*"))]
+    if held:
+        stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        differ = None if stored is None else sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+        if (stored is None or differ) and not overwrite:
+            why = f"different {', '.join(differ)}" if stored is not None else f"no {RUN_FILE} says what made them"
+            raise UserError(f"{output_dir} holds {', '.join(held)} of another run ({why}); use a new --output-dir, "
+                            f"the original settings, or --overwrite")
+    accelerator.wait_for_everyone()  # every process has looked before anything is removed or written
     if accelerator.is_main_process:
+        if held and overwrite:
+            for name in held:
+                target = output_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
         write_json(path, run)
+    accelerator.wait_for_everyone()
 
 
 class Interruption:

@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--alignment: {args.model} has no attention to align with")
     if args.ref and not args.ref.is_file():
         raise UserError(f"--ref {args.ref}: no such file")
-    shortlist = load_shortlist(args.model, len(src_tok), len(tgt_tok)) if args.shortlist is not False else None
+    shortlist = None
+    if args.shortlist is not False:
+        shortlist = load_shortlist(args.model, len(src_tok), len(tgt_tok), (src_tok.fingerprint(), tgt_tok.fingerprint()))
     if args.shortlist and shortlist is None:
         raise UserError(f"--shortlist: {args.model} has no {SHORTLIST_NAME}")
     workers = args.workers or min(2, torch.get_num_threads())

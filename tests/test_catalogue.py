@@ -4,10 +4,12 @@ flags (test_ptb_recipe, test_timit_recipe), a missing / weightless / truncated m
 the wrong length (test_translation_recipe), invalid UTF-8 and misaligned files in the reader
 (test_parallel_data), SIGTERM (test_resume)."""
 
+import json
 import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +40,27 @@ def test_output_dir_with_another_runs_checkpoints(tmp_path, capsys):
         tiny_ptb(tmp_path, "--epochs", "1", "--dropout", "0.3")
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "holds checkpoints of another run (different preset)" in err
+    assert "holds checkpoints, model, results.json of another run (different preset)" in err and "--overwrite" in err
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == before  # nothing touched
+
+
+def test_another_runs_model_and_results_are_kept_without_checkpoints_unless_overwrite(tmp_path, capsys):
+    first = tiny_ptb(tmp_path, "--epochs", "1")
+    out = tmp_path / "out"
+    shutil.rmtree(out / "checkpoints")
+    weights, results = (out / "model" / "model.safetensors").read_bytes(), (out / "results.json").read_text()
+    with pytest.raises(SystemExit) as stopped:
+        tiny_ptb(tmp_path, "--epochs", "1", "--dropout", "0.3")
+    assert stopped.value.code == 2
+    assert "holds model, results.json of another run (different preset)" in capsys.readouterr().err
+    assert (out / "model" / "model.safetensors").read_bytes() == weights and (out / "results.json").read_text() == results
+    (out / "run.json").unlink()  # unrecorded outputs are not taken for this run's either
+    with pytest.raises(SystemExit):
+        tiny_ptb(tmp_path, "--epochs", "1")
+    assert "no run.json says what made them" in capsys.readouterr().err
+    second = tiny_ptb(tmp_path, "--epochs", "1", "--dropout", "0.3", "--overwrite")
+    assert second["config"]["model"]["dropout"] == 0.3 != first["config"]["model"]["dropout"]
+    assert json.loads((out / "results.json").read_text())["test_ppl"] == second["test_ppl"]
 
 
 def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
@@ -193,3 +214,33 @@ def test_tokenizer_that_does_not_match_the_model(parallel, tmp_path):
 def test_unknown_flags_and_values_out_of_range(tmp_path, recipe, flags, message):
     one_line_exit_2(run(recipe_args(recipe, tmp_path / "data") + flags + ["--output-dir", str(tmp_path / "o")]),
                     message)
+
+
+def test_a_checkpoint_overwritten_in_place_is_never_missing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from seq2seq.training_state import Checkpointer
+
+    accelerator = SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, scaler=None,
+                                  wait_for_everyone=lambda: None, unwrap_model=lambda model: model)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpointer = Checkpointer(tmp_path, accelerator)
+    checkpointer.save(model, optimizer, {"step": 5, "note": "first"})
+    rename = Path.rename
+
+    def killed_while_moving_the_new_one(self, target):
+        if self.name.endswith(".partial"):
+            raise KeyboardInterrupt  # the process dies between moving the old one aside and the new one in
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_while_moving_the_new_one)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save(model, optimizer, {"step": 5, "note": "second"})
+    monkeypatch.setattr(Path, "rename", rename)
+    kept = checkpointer.complete()
+    assert [p.name for p in kept] == ["step-000000005"]
+    assert json.loads((kept[0] / "progress.json").read_text())["note"] == "first"
+    checkpointer.save(model, optimizer, {"step": 5, "note": "third"})
+    assert json.loads((checkpointer.latest() / "progress.json").read_text())["note"] == "third"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000000005"]

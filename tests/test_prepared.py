@@ -77,6 +77,22 @@ def test_matching_manifest_is_reused_and_other_settings_rebuild_or_are_refused(t
     assert "sources" in " ".join(lines[-3:]) and "rebuilding" in " ".join(lines[-3:])
 
 
+def test_a_tokenizer_changed_after_preparation_is_caught_by_its_fingerprint(toy):
+    root, data, decoding = toy
+    lines = []
+    corpus = prepare(data, decoding, root / "p", log=lines.append)
+    src_name, tgt_name = corpus.manifest["tokenizers"]["files"]
+    tokenizers = root / "p" / "tokenizers"
+    (tokenizers / src_name).write_bytes((tokenizers / tgt_name).read_bytes())  # same size, other model
+    with pytest.raises(UserError, match=f"tokenizers/{src_name} changed after preparation") as refused:
+        prepare(data, decoding, root / "p", explicit=True, log=lines.append)
+    assert "\n" not in str(refused.value)
+    rebuilt = prepare(data, decoding, root / "p", log=lines.append)
+    assert "rebuilding" in " ".join(lines[-3:])
+    assert rebuilt.src_tok.fingerprint() == corpus.manifest["tokenizers"]["fingerprints"][0]  # the same seeded model
+    assert rebuilt.shortlist.tokenizers == tuple(corpus.manifest["tokenizers"]["fingerprints"])
+
+
 def test_an_interrupted_preparation_leaves_nothing_that_is_reused(toy, monkeypatch):
     root, data, decoding = toy
     real = prepared_module.encode_split

@@ -1,6 +1,7 @@
 """Lexical shortlists: IBM Model 1 against a loop written from the equations, candidate sets, and beam
 search over a shortlist against teacher forcing renormalised over the same set."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -154,6 +155,11 @@ def test_save_load_round_trip_and_vocabulary_check(tmp_path):
     assert torch.equal(loaded.translations, shortlist.translations) and torch.equal(loaded.frequent, shortlist.frequent)
     with pytest.raises(UserError, match="other vocabularies"):
         load_shortlist(tmp_path, 12, 10)
+    assert loaded.tokenizers is None and load_shortlist(tmp_path, 10, 10, ("a", "b")) is not None  # nothing to compare
+    dataclasses.replace(shortlist, tokenizers=("a", "b")).save(tmp_path / "shortlist.safetensors")
+    assert load_shortlist(tmp_path, 10, 10, ("a", "b")).tokenizers == ("a", "b")
+    with pytest.raises(UserError, match=r"other SentencePiece models than the model's \(fingerprints a,b, the model's a,c\)"):
+        load_shortlist(tmp_path, 10, 10, ("a", "c"))
     (tmp_path / "shortlist.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="not a readable shortlist"):
         load_shortlist(tmp_path, 10, 10)

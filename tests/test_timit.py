@@ -3,6 +3,7 @@ tests generate in TIMIT's layout."""
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from timit_corpus import RATE, make_corpus, small_corpus, utterance, write_utter
 
 from seq2seq.errors import UserError
 from seq2seq.speech.ctc import beam_decode, greedy_decode
-from seq2seq.speech.features import IGNORE, FeatureConfig, extract, fbank, frame_labels
+from seq2seq.speech.features import IGNORE, FeatureConfig, cached_extract, extract, fbank, frame_labels
 from seq2seq.speech.phones import FOLD_48_TO_39, PHONES_39, PHONES_48, PHONES_61, collapse, fold
 from seq2seq.speech.scoring import edit_distance, phone_error_rate, to_39
 from seq2seq.speech.timit import (CORE_TEST_SPEAKERS, DEV_SPEAKERS, Utterance, find_utterances, read_audio,
@@ -166,6 +167,36 @@ def test_extract_keeps_utterances_apart(corpus):
     assert features.shape == (1 + (len(audio) - 400) // 160, 8)
     segments = read_phones(utterances[2].phn, len(audio))
     assert phones.tolist() == [PHONES_48.index(fold(s.label)) for s in segments if s.label != "q"]
+
+
+def test_feature_cache_follows_the_contents_of_wav_and_phn_files(tmp_path):
+    root = make_corpus(tmp_path / "corpus", {"TRAIN": ["FAAA0"]}, utterances=2)
+    utterances, config, cache, lines = find_utterances(root), FeatureConfig(num_bins=8), tmp_path / "cache", []
+    first = cached_extract(utterances, config, cache, "train", log=lines.append)
+    assert torch.equal(cached_extract(utterances, config, cache, "train", log=lines.append).features, first.features)
+    phn = utterances[0].phn  # relabel the first phone after h#: same size, other content
+    rows = phn.read_text().splitlines()
+    start, end, label = rows[1].split()
+    rows[1] = f"{start} {end} {'aa' if label != 'aa' else 'iy'}"
+    phn.write_text("\n".join(rows) + "\n")
+    relabelled = cached_extract(utterances, config, cache, "train", log=lines.append)
+    assert not torch.equal(relabelled.labels, first.labels)
+    assert torch.equal(relabelled.labels, extract(utterances, config).labels)
+    wav = utterances[1].wav  # new audio of the same length: same size, written a second later
+    audio, _ = utterance(np.random.default_rng(9), ["s"] * 3)
+    before = wav.stat()
+    soundfile.write(wav, np.resize(audio, len(read_audio(utterances[1]))), RATE, format="NIST", subtype="PCM_16")
+    os.utime(wav, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert wav.stat().st_size == before.st_size
+    redone = cached_extract(utterances, config, cache, "train", log=lines.append)
+    assert torch.equal(redone.features, extract(utterances, config).features)
+    assert not torch.equal(redone.features, relabelled.features)
+    assert lines == []
+    newest = max(cache.glob("train-*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+    newest.write_bytes(b"truncated")
+    rebuilt = cached_extract(utterances, config, cache, "train", log=lines.append)
+    assert torch.equal(rebuilt.features, redone.features)
+    assert len(lines) == 1 and str(newest) in lines[0] and "extracting the features again" in lines[0]
 
 
 # --- Scoring and CTC ---

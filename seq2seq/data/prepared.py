@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from .. import __version__
 from ..checkpoint import write_json
 from ..errors import UserError
 from ..shortlist import SHORTLIST_NAME, Shortlist, build_shortlist
-from ..tokenizer import Tokenizer, train_sentencepiece
+from ..tokenizer import Tokenizer, file_fingerprint, train_sentencepiece
 from .encoded import SIDES, ArrayWriter, EncodedPairs, concatenate, read_chunks, token_dtype
 from .parallel import (SKIP_HINT, CleaningReport, Pair, clean_pairs, decode_line, iter_parallel_text, load_hf_pairs,
                        open_text, resolve)
@@ -70,11 +70,14 @@ def prepare(data, decoding, directory: str | Path, *, skip_invalid_utf8: bool = 
     wanted = settings(data, decoding, skip_invalid_utf8, seed)
     if (directory / MANIFEST).is_file():
         stored = read_manifest(directory)
-        if stored.get("settings") == wanted:
-            log(f"prepared corpus {directory}: reused ({stored['counts']['train']['pairs']:,} training pairs)")
-            return open_prepared(directory)
         differ = sorted(k for k in set(wanted) | set(stored.get("settings", {}))
                         if stored.get("settings", {}).get(k) != wanted.get(k))
+        changed = [] if differ else changed_tokenizers(directory, stored)
+        if not differ and not changed:
+            log(f"prepared corpus {directory}: reused ({stored['counts']['train']['pairs']:,} training pairs)")
+            return open_prepared(directory)
+        if changed:
+            differ = [f"{', '.join(changed)} changed after preparation (fingerprints in {MANIFEST})"]
         if explicit:
             raise UserError(f"{directory} was prepared with other settings ({', '.join(differ)}); name another "
                             f"directory or delete this one")
@@ -90,6 +93,14 @@ def read_manifest(directory: Path) -> dict:
         raise UserError(f"{directory / MANIFEST}: unreadable ({error}); delete {directory} to prepare it again") from None
 
 
+def changed_tokenizers(directory: Path, manifest: dict) -> list[str]:
+    """The tokenizer files of a prepared corpus whose content no longer matches its manifest."""
+    files, fingerprints = manifest["tokenizers"]["files"], manifest["tokenizers"]["fingerprints"]
+    paths = [directory / "tokenizers" / name for name in files]
+    return [f"tokenizers/{path.name}" for path, fingerprint in zip(paths, fingerprints)
+            if not path.is_file() or file_fingerprint(path) != fingerprint]
+
+
 def open_prepared(directory: str | Path) -> PreparedCorpus:
     """Map a prepared corpus (no copy of the arrays is made)."""
     directory = Path(directory)
@@ -100,7 +111,8 @@ def open_prepared(directory: str | Path) -> PreparedCorpus:
                   for split in ("valid", "test")}
     shortlist = None
     if (directory / SHORTLIST_NAME).is_file():
-        shortlist = Shortlist.load(directory / SHORTLIST_NAME, len(src_tok), len(tgt_tok))
+        shortlist = Shortlist.load(directory / SHORTLIST_NAME, len(src_tok), len(tgt_tok),
+                                   tuple(manifest["tokenizers"]["fingerprints"]))
     return PreparedCorpus(directory, manifest, src_tok, tgt_tok, splits, references, shortlist)
 
 
@@ -407,4 +419,5 @@ def make_shortlist(decoding, partial: Path, tokenizers, seed: int) -> None:
         parts.append(chunk.select(mine))
     shortlist = build_shortlist(concatenate(parts), len(tokenizers[0]), vocab, decoding.shortlist_per_source,
                                 decoding.shortlist_frequent, target_counts=counts)
+    shortlist = replace(shortlist, tokenizers=(tokenizers[0].fingerprint(), tokenizers[1].fingerprint()))
     shortlist.save(partial / SHORTLIST_NAME, metadata={"sample_pairs": str(size)})

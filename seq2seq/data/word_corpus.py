@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoint import atomic_write
 from ..errors import UserError
 
 EOS = "<eos>"
@@ -104,5 +105,6 @@ def write_toy_corpus(directory: str | Path, seed: int = 0, lines: tuple[int, int
         for _ in range(count):
             start, length = rng.randrange(len(words)), rng.randint(4, 10)
             rows.append(" " + " ".join(words[(start + k) % len(words)] for k in range(length)) + " ")
-        (directory / f"ptb.{split}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        text = "\n".join(rows) + "\n"
+        atomic_write(directory / f"ptb.{split}.txt", lambda temporary, text=text: Path(temporary).write_text(text, encoding="utf-8"))
     return directory

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
@@ -143,17 +145,29 @@ def _offsets(rows: list[Tensor]) -> Tensor:
     return offsets
 
 
-def cached_extract(utterances: list[Utterance], config: FeatureConfig, cache_dir: Path, desc: str) -> FeatureSet:
-    """extract(), read from cache_dir when a file for exactly these utterances and this config exists."""
-    key = hashlib.sha256(json.dumps([asdict(config), [str(u.wav) for u in utterances]]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{desc}-{key}.safetensors"
+def cached_extract(utterances: list[Utterance], config: FeatureConfig, cache_dir: Path, desc: str,
+                   log: Callable[[str], None] = print) -> FeatureSet:
+    """extract(), read from cache_dir when a file for exactly these utterances, their contents and this config
+    exists. The key covers each WAV's path, size and modification time and the bytes of its PHN file, so an
+    edited recording or transcription is extracted again; an unreadable cache file is rebuilt (one line)."""
+    key = hashlib.sha256(json.dumps([asdict(config), [content_identity(u) for u in utterances]]).encode()).hexdigest()
+    path = Path(cache_dir) / f"{desc}-{key[:16]}.safetensors"
     if path.is_file():
-        stored = load_file(path)
-        return FeatureSet(**stored, ids=[u.id for u in utterances])
+        try:
+            return FeatureSet(**load_file(path), ids=[u.id for u in utterances])
+        except (SafetensorError, OSError, TypeError) as error:
+            log(f"{path}: unreadable feature cache ({str(error).splitlines()[0]}); extracting the features again")
     result = extract(utterances, config, desc)
     tensors = {k: v.contiguous() for k, v in asdict(result).items() if k != "ids"}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return result
+
+
+def content_identity(utterance: Utterance) -> list:
+    """What the cached features of one utterance depend on: [wav path, size, mtime (ns), sha256 of the PHN]."""
+    stat = Path(utterance.wav).stat()
+    phn = hashlib.sha256(Path(utterance.phn).read_bytes()).hexdigest()
+    return [str(utterance.wav), stat.st_size, stat.st_mtime_ns, phn]
 
 
 def mean_and_inv_std(features: Tensor) -> tuple[Tensor, Tensor]:
