@@ -34,7 +34,7 @@ for precision in "${PRECISIONS[@]}"; do
     name=$([ "$precision" = no ] && echo fp32 || echo "$precision")
     rm -rf "$OUT/ptb-$name"
     if [ -d "$PTB_DIR" ]; then
-        python recipes/ptb_lm.py --config medium --data-dir "$PTB_DIR" --output-dir "$OUT/ptb-$name" --mixed-precision "$precision" \
+        python recipes/ptb_lm.py --preset medium --data-dir "$PTB_DIR" --output-dir "$OUT/ptb-$name" --mixed-precision "$precision" \
             --time-budget "$PTB_BUDGET" "${PTB_STEPS[@]}" > "$OUT/ptb-$name.log" 2>&1 || { tail -3 "$OUT/ptb-$name.log"; }
         python - "$OUT/ptb-$name/results.json" "$name" <<'PY'
 import json, sys

@@ -1,7 +1,8 @@
 """Penn Treebank word-level language modelling: Zaremba, Sutskever & Vinyals (2014), Sec. 4.1.
 
-    python recipes/ptb_lm.py --config small --data-dir ../shared/data/ptb --output-dir runs/ptb-small
-    accelerate launch recipes/ptb_lm.py --config medium --data-dir ... --output-dir ...
+    python recipes/ptb_lm.py --preset small --data-dir $PTB --output-dir runs/ptb-small
+    accelerate launch recipes/ptb_lm.py --preset medium --data-dir $PTB --output-dir runs/ptb-medium
+    python recipes/ptb_lm.py --preset small --set training.lr=0.5 --print-config   # configure without editing code
 
 Reads top to bottom like the paper: data -> vocabulary -> model -> SGD and its schedule -> truncated
 backpropagation through time -> validation and test perplexity.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 import seq2seq
 from seq2seq.checkpoint import save_model, write_json
+from seq2seq.config import add_config_flags, configure, write_config
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines, window, window_starts
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
@@ -39,12 +41,12 @@ from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, c
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Train the PTB LSTM language model of Zaremba et al. (2014).")
-    parser.add_argument("--config", choices=LM_PRESETS, default="small", help="paper preset (default: small)")
+    add_config_flags(parser, LM_PRESETS, default="small")
     parser.add_argument("--data-dir", type=Path, required=True, help="holds ptb.{train,valid,test}.txt")
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="override the preset's placement")
-    parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
-    parser.add_argument("--epochs", type=positive(int), help="override the preset's number of epochs")
+    parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="shorthand for --set model.dropout_mode=MODE")
+    parser.add_argument("--dropout", type=probability, help="shorthand for --set model.dropout=P")
+    parser.add_argument("--epochs", type=positive(int), help="shorthand for --set training.epochs=N")
     parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
     parser.add_argument("--time-budget", type=positive(float), metavar="SECONDS",
                         help="train whole epochs while the next one still fits in this many seconds of training")
@@ -55,15 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an output dir that holds another run's checkpoints, model or results")
     parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is not None and str(args.config) in LM_PRESETS and not args.config.is_file():  # the old spelling
+        print(f"ptb_lm.py: --config {args.config} is deprecated; it means --preset {args.config} (--config now "
+              f"reads a YAML file)", file=sys.stderr)
+        args.preset, args.config = str(args.config), None
+    return args
 
 
-def choose_preset(args: argparse.Namespace) -> LMPreset:
-    preset = LM_PRESETS[args.config]()
-    model = dataclasses.replace(preset.model, **{k: v for k, v in {
-        "dropout": args.dropout, "dropout_mode": args.dropout_mode}.items() if v is not None})
-    training = preset.training if args.epochs is None else dataclasses.replace(preset.training, epochs=args.epochs)
-    return dataclasses.replace(preset, model=model, training=training)
+def choose_preset(args: argparse.Namespace) -> LMPreset | None:
+    return configure(args, LM_PRESETS, {"--dropout-mode": ("model.dropout_mode", args.dropout_mode),
+                                        "--dropout": ("model.dropout", args.dropout),
+                                        "--epochs": ("training.epochs", args.epochs)})
 
 
 def load_corpus(data_dir: Path) -> tuple[Vocabulary, dict[str, torch.Tensor]]:
@@ -175,6 +180,8 @@ def end_of_epoch(model, streams, preset, accelerator, state, lr, progress) -> No
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     preset = choose_preset(args)
+    if preset is None:  # --print-config
+        return None
     training = preset.training
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                                 "data": str(args.data_dir.resolve())}, accelerator, args.overwrite)
+    if accelerator.is_main_process:
+        write_config(args.output_dir / "config.yaml", preset)
 
     state = train(model, optimizer, train_data, streams, preset, args, accelerator)
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 import seq2seq
 from seq2seq.acoustic_model import OBJECTIVES, AcousticModel
 from seq2seq.checkpoint import load_weights, write_json
+from seq2seq.config import add_config_flags, configure, write_config
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
@@ -44,17 +45,17 @@ from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, c
                                     resume, save_or_stop)
 
 
-TRAINING_FLAGS = ("preset", "objective", "dropout_mode", "dropout", "epochs", "max_steps", "seed", "checkpoint_every",
-                  "keep_checkpoints", "overwrite", "resume")
+TRAINING_FLAGS = ("preset", "config", "overrides", "objective", "dropout_mode", "dropout", "epochs", "max_steps", "seed",
+                  "checkpoint_every", "keep_checkpoints", "overwrite", "resume")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description="Train (or score) a TIMIT LSTM acoustic model.")
     parser.add_argument("--timit-root", type=Path, required=True, help="holds TRAIN/ and TEST/ (any letter case)")
     parser.add_argument("--output-dir", type=Path, help="default: runs/timit-PRESET-OBJECTIVE")
-    parser.add_argument("--preset", choices=ACOUSTIC_PRESETS, default="default")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="frame",
-                        help="frame: framewise cross-entropy (the paper); ctc: CTC with phone error rate")
+    add_config_flags(parser, ACOUSTIC_PRESETS, default="default")
+    parser.add_argument("--objective", choices=OBJECTIVES, help="frame: framewise cross-entropy (the paper, the "
+                        "presets' default); ctc: CTC with phone error rate; shorthand for --set model.objective=...")
     parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="override the preset's placement")
     parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
     parser.add_argument("--epochs", type=positive(int))
@@ -78,12 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def choose_preset(args: argparse.Namespace) -> AcousticPreset:
-    preset = ACOUSTIC_PRESETS[args.preset]()
-    overrides = {"objective": args.objective, "dropout": args.dropout, "dropout_mode": args.dropout_mode}
-    model = dataclasses.replace(preset.model, **{k: v for k, v in overrides.items() if v is not None})
-    training = preset.training if args.epochs is None else dataclasses.replace(preset.training, epochs=args.epochs)
-    return dataclasses.replace(preset, model=model, training=training)
+def choose_preset(args: argparse.Namespace) -> AcousticPreset | None:
+    return configure(args, ACOUSTIC_PRESETS, {"--objective": ("model.objective", args.objective),
+                                              "--dropout": ("model.dropout", args.dropout),
+                                              "--dropout-mode": ("model.dropout_mode", args.dropout_mode),
+                                              "--epochs": ("training.epochs", args.epochs)})
 
 
 # --- Corpus and features ---
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_only:
         return eval_only(args, accelerator)
     preset = choose_preset(args)
+    if preset is None:  # --print-config
+        return None
     output_dir = args.output_dir or Path("runs") / f"timit-{preset.name}-{preset.model.objective}"
     started = time.time()
 
@@ -240,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                            "timit_root": str(args.timit_root.resolve())}, accelerator, args.overwrite)
+    if accelerator.is_main_process:
+        write_config(output_dir / "config.yaml", preset)
 
     state = train(model, optimizer, data, preset, args, accelerator, output_dir)
 

@@ -204,13 +204,14 @@ def translation_demo() -> TranslationPreset:
 
 
 def translation_tiny() -> TranslationPreset:
-    """Seconds on a CPU, for tests."""
+    """Under a minute on a 2-core CPU with the bundled Multi30k (its first 2,000 training pairs, 2 epochs, dev
+    BLEU every 250 updates): checks that everything runs, not a translator."""
     demo = translation_demo()
     return TranslationPreset(
         name="tiny",
         model=replace(demo.model, embedding_size=16, hidden_size=16, num_layers=2, dropout=0.1),
-        training=replace(demo.training, epochs=2, max_tokens=200, warmup_steps=5, eval_every=20, lr=1e-2),
-        data=replace(demo.data, vocab_size=300, tokenizer_dir=None, spm_sample=10_000),
+        training=replace(demo.training, epochs=2, max_tokens=200, warmup_steps=5, eval_every=250, lr=1e-2),
+        data=replace(demo.data, vocab_size=300, tokenizer_dir=None, spm_sample=10_000, max_train_pairs=2_000),
         decoding=Decoding(beam_size=3, alpha=0.6, max_len_a=1.5, max_len_b=5, batch_size=16, shortlist_per_source=5,
                           shortlist_frequent=10),
     )

@@ -2,6 +2,7 @@
 
     seq2seq-translate --model runs/wmt14_enfr-demo/model < test.en > test.fr
     seq2seq-translate --model DIR --input test.en --ref test.fr --beam-size 5 --results-json scores.json
+    seq2seq-translate --model DIR --input test.en --ref test.fr --compare other.fr  # paired bootstrap vs other.fr
     seq2seq-translate --model DIR                  # in a terminal: each line typed is answered at once
 
 One line in, one line out, in order; an empty line gives an empty line. Input is read and translated in
@@ -38,7 +39,7 @@ from .data.batching import token_batches
 from .data.parallel import decode_line, open_text, read_text_lines
 from .devices import DTYPES, choose_device, choose_dtype
 from .errors import ArgumentParser, UserError, exits_cleanly, positive
-from .metrics import check_aligned, corpus_scores
+from .metrics import check_aligned, corpus_scores, paired_bootstrap
 from .model_dir import load_translator
 from .search import Hypothesis, beam_search
 from .shortlist import SHORTLIST_NAME, Shortlist, load_shortlist
@@ -228,6 +229,8 @@ def parse_args(argv):
     parser.add_argument("--workers", type=positive(int), help="batches decoded at once in threads on a CPU (default: 2 "
                                                               "with 2+ threads, else 1; always 1 on CUDA)")
     parser.add_argument("--ref", type=Path, help="reference translations: print BLEU and chrF to stderr")
+    parser.add_argument("--compare", type=Path, metavar="OTHER_HYP", help="with --ref: paired bootstrap resampling "
+                        "(sacreBLEU's, 1,000 resamples) of this model's BLEU and chrF against OTHER_HYP's (default: none)")
     parser.add_argument("--results-json", type=Path, help="write the scores and decoding settings here (default: none)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
     return parser.parse_args(argv)
@@ -257,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--alignment: {args.model} has no attention to align with")
     if args.ref and not args.ref.is_file():
         raise UserError(f"--ref {args.ref}: no such file")
+    if args.compare and not args.ref:
+        raise UserError("--compare needs --ref: both systems are scored against the references")
+    if args.compare and not args.compare.is_file():
+        raise UserError(f"--compare {args.compare}: no such file")
     shortlist = None
     if args.shortlist is not False:
         shortlist = load_shortlist(args.model, len(src_tok), len(tgt_tok), (src_tok.fingerprint(), tgt_tok.fingerprint()))
@@ -283,8 +290,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{scores['bleu_text']}\n{scores['bleu_signature']}\n{scores['chrf_text']}\n{scores['chrf_signature']}",
               file=sys.stderr)
         report |= {k: scores[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature")}
+        if args.compare:
+            report["paired_bootstrap"] = compare(read_text_lines(args.compare), best, references, args.compare)
     if args.results_json:
         write_json(args.results_json, report)
+
+
+def compare(other: list[str], best: list[str], references: list[str], path: Path) -> dict:
+    """Paired bootstrap of this model's translations against another system's, printed to stderr."""
+    check_aligned(best, other, where=f"--compare {path}")
+    result = paired_bootstrap(other, best, references)
+    for name, row in result.items():
+        mine, theirs = row["system"], row["baseline"]
+        print(f"{name}: this model {mine['score']:.2f} (mean {mine['mean']:.2f} +- {mine['ci']:.2f}), {path} "
+              f"{theirs['score']:.2f} (mean {theirs['mean']:.2f} +- {theirs['ci']:.2f}); paired bootstrap p = "
+              f"{row['p_value']:.4f} ({row['signature']})", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":

@@ -42,12 +42,12 @@ def recipe_args(name: str, data: Path) -> list[str]:
     if name == "ptb_lm":
         if not (data / "ptb.train.txt").is_file():
             write_toy_corpus(data)
-        return ["recipes/ptb_lm.py", "--config", "tiny", "--data-dir", str(data)]
+        return ["recipes/ptb_lm.py", "--preset", "tiny", "--data-dir", str(data)]
     if name == "wmt14_enfr":
         if not (data / "train.en").is_file():
             write_parallel(data)
-        return ["recipes/wmt14_enfr.py", "--preset", "tiny", "--train-prefix", str(data / "train"),
-                "--valid-prefix", str(data / "valid"), "--test-prefix", str(data / "test")]
+        return ["recipes/wmt14_enfr.py", "--preset", "tiny", "--eval-every", "20", "--train-prefix",
+                str(data / "train"), "--valid-prefix", str(data / "valid"), "--test-prefix", str(data / "test")]
     if not (data / "TRAIN").is_dir():
         small_corpus(data)
     return ["recipes/timit_am.py", "--preset", "tiny", "--timit-root", str(data)]

@@ -16,7 +16,7 @@ ptb_lm = load_recipe("ptb_lm")
 
 
 def run(corpus, out, *extra):
-    return ptb_lm.main(["--config", "tiny", "--data-dir", str(corpus), "--output-dir", str(out), *extra])
+    return ptb_lm.main(["--preset", "tiny", "--data-dir", str(corpus), "--output-dir", str(out), *extra])
 
 
 def test_tiny_run_learns_and_writes_everything(word_corpus, tmp_path):
@@ -68,13 +68,14 @@ def cli(*args):
 
 
 def test_missing_data_dir_is_one_line_exit_2(tmp_path):
-    result = cli("--config", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"))
+    result = cli("--preset", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --data-dir {tmp_path / 'nowhere'}: no such directory"
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--config", "huge"], "argument --config: invalid choice: 'huge'"),
+    (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    (["--config", "huge"], "--config huge: no such file"),
     (["--dropout-mode", "sometimes"], "argument --dropout-mode: invalid choice"),
     (["--dropout", "1.5"], "argument --dropout: must be in [0, 1), got 1.5"),
     (["--epochs", "0"], "argument --epochs: must be > 0, got 0"),

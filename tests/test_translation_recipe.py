@@ -11,9 +11,10 @@ import torch
 from conftest import load_recipe
 from recipe_runs import write_split
 
-from seq2seq.metrics import corpus_scores
+from seq2seq.metrics import corpus_scores, paired_bootstrap
 
 wmt = load_recipe("wmt14_enfr")
+TINY = ["--preset", "tiny", "--eval-every", "20"]  # the tests' corpora are small: dev scores often
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def trained(tmp_path_factory):
     for split, count in (("train", 400), ("valid", 30), ("test", 25)):
         write_split(root / split, count, rng)
     out = root / "run"
-    results = wmt.main(["--preset", "tiny", "--output-dir", str(out), "--train-prefix", str(root / "train"),
+    results = wmt.main([*TINY, "--output-dir", str(out), "--train-prefix", str(root / "train"),
                         "--valid-prefix", str(root / "valid"), "--test-prefix", str(root / "test"), "--epochs", "3"])
     return root, out, results
 
@@ -62,6 +63,22 @@ def test_cli_reproduces_the_recipe_and_sacrebleu(trained, tmp_path):
                           "-m", "bleu", "-b", "-w", "6"], capture_output=True, text=True, check=True)
     assert round(scores["bleu"], 6) == pytest.approx(float(cli.stdout), abs=1e-6)
     assert "BLEU = " in run.stderr and "nrefs:1|case:mixed" in run.stderr
+
+
+def test_cli_compares_two_systems_with_sacrebleus_paired_bootstrap(trained, tmp_path):
+    root, out, _ = trained
+    refs = (root / "test.fr").read_text().splitlines()
+    other = [" ".join(reversed(line.split())) for line in refs]  # another system: the references' words reversed
+    (tmp_path / "other.hyp").write_text("\n".join(other) + "\n")
+    run = translate_cli("--model", str(out / "model"), "--input", str(root / "test.en"), "--ref", str(root / "test.fr"),
+                        "--compare", str(tmp_path / "other.hyp"), "--results-json", str(tmp_path / "scores.json"))
+    assert run.returncode == 0, run.stderr
+    reported = json.loads((tmp_path / "scores.json").read_text())["paired_bootstrap"]
+    assert reported == json.loads(json.dumps(paired_bootstrap(other, run.stdout.splitlines(), refs)))
+    assert f"BLEU: this model {reported['BLEU']['system']['score']:.2f}" in run.stderr
+    assert f"paired bootstrap p = {reported['chrF2']['p_value']:.4f}" in run.stderr
+    alone = translate_cli("--model", str(out / "model"), "--compare", str(tmp_path / "other.hyp"), stdin="en1\n")
+    assert alone.returncode == 2 and "--compare needs --ref" in alone.stderr
 
 
 def test_cli_keeps_order_and_empty_lines_and_writes_nbest(trained):
@@ -180,7 +197,7 @@ def test_unreachable_hub_points_to_the_demo(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(SystemExit) as exit_info:
-        wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--dataset", "wmt/wmt14",
+        wmt.main([*TINY, "--output-dir", str(tmp_path / "o"), "--dataset", "wmt/wmt14",
                   "--dataset-config", "fr-en"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -189,7 +206,7 @@ def test_unreachable_hub_points_to_the_demo(tmp_path, capsys, monkeypatch):
 
 def test_same_seed_same_run(trained, tmp_path):
     root, _, _ = trained
-    common = ["--preset", "tiny", "--train-prefix", str(root / "train"), "--valid-prefix", str(root / "valid"),
+    common = [*TINY, "--train-prefix", str(root / "train"), "--valid-prefix", str(root / "valid"),
               "--test-prefix", str(root / "test"), "--max-steps", "12"]
     a = wmt.main([*common, "--output-dir", str(tmp_path / "a"), "--seed", "3"])
     b = wmt.main([*common, "--output-dir", str(tmp_path / "b"), "--seed", "3"])
@@ -214,7 +231,7 @@ def test_german_to_english_from_hub_schema_json_trains_translates_and_scores(tmp
     (tmp_path / "test.de").write_text("".join(r["translation"]["de"] + "\n" for r in map(json.loads, files["test"].read_text().splitlines())))
     (tmp_path / "test.en").write_text("".join(r["translation"]["en"] + "\n" for r in map(json.loads, files["test"].read_text().splitlines())))
     out = tmp_path / "run"
-    results = wmt.main(["--preset", "tiny", "--output-dir", str(out), "--dataset", "json", "--src-lang", "de",
+    results = wmt.main([*TINY, "--output-dir", str(out), "--dataset", "json", "--src-lang", "de",
                         "--tgt-lang", "en", "--data-files", *(f"{split}={path}" for split, path in files.items()),
                         "--epochs", "3"])
     assert (results["src_lang"], results["tgt_lang"]) == ("de", "en") and results["dev"][-1]["ppl"] < results["dev"][0]["ppl"]
@@ -246,7 +263,7 @@ def test_test_prefix_alone_replaces_the_test_set(trained, tmp_path):
     root, _, _ = trained
     (tmp_path / "other.en").write_text("en1 en2\nen3\n")
     (tmp_path / "other.fr").write_text("Fr1 fr2.\nFr3.\n")
-    results = wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
+    results = wmt.main([*TINY, "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
                         "--valid-prefix", str(root / "valid"), "--test-prefix", str(tmp_path / "other"), "--max-steps", "2"])
     assert len((tmp_path / "o" / "test.hyp").read_text().splitlines()) == 2 and "bleu" in results
 
@@ -354,7 +371,7 @@ def test_average_of_checkpoints_is_their_mean_and_a_usable_model(trained, tmp_pa
 
 def test_recipe_scores_the_average_of_its_last_checkpoints(trained, tmp_path):
     root, _, _ = trained
-    results = wmt.main(["--preset", "tiny", "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
+    results = wmt.main([*TINY, "--output-dir", str(tmp_path / "o"), "--train-prefix", str(root / "train"),
                         "--valid-prefix", str(root / "valid"), "--test-prefix", str(root / "test"), "--max-steps", "40",
                         "--checkpoint-every", "10", "--average-last", "3"])
     kept = sorted(p.name for p in (tmp_path / "o" / "checkpoints").glob("step-*"))
