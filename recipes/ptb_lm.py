@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
-import accelerate
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
-import seq2seq
 from seq2seq.checkpoint import save_model, write_json
-from seq2seq.config import add_config_flags, configure, write_config
+from seq2seq.config import add_config_flags, configure
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines, window, window_starts
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
@@ -35,8 +31,8 @@ from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.schedule import step_decay_lr
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
-                                    resume, save_or_stop)
+from seq2seq.training_state import (add_run_flags, check_finite, check_run, clip_gradients, provenance,
+                                    start_training)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,16 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="shorthand for --set model.dropout_mode=MODE")
     parser.add_argument("--dropout", type=probability, help="shorthand for --set model.dropout=P")
     parser.add_argument("--epochs", type=positive(int), help="shorthand for --set training.epochs=N")
-    parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
     parser.add_argument("--time-budget", type=positive(float), metavar="SECONDS",
                         help="train whole epochs while the next one still fits in this many seconds of training")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
-    parser.add_argument("--checkpoint-every", type=positive(int), default=1000, help="updates between checkpoints")
-    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
-    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
+    add_run_flags(parser, checkpoint_every=1000)
     args = parser.parse_args(argv)
     if args.config is not None and str(args.config) in LM_PRESETS and not args.config.is_file():  # the old spelling
         print(f"ptb_lm.py: --config {args.config} is deprecated; it means --preset {args.config} (--config now "
@@ -119,21 +108,16 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
     training = preset.training
     starts = window_starts(len(train_data), training.unroll)
     total = min(len(starts) * training.epochs, args.max_steps or 10**12)
-    checkpointer = Checkpointer(args.output_dir, accelerator, args.keep_checkpoints)
     fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "nll": 0.0, "tokens": 0, "epoch_time": 0.0,
              "train_time": 0.0}
-    state, carried = resume(checkpointer, args.resume, model, optimizer, fresh)
-    hidden = (carried["h"].to(accelerator.device), carried["c"].to(accelerator.device)) if carried else None
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
-                    mininterval=2.0)
-    clock = TrainingClock(state, ("train_time", "epoch_time"))
-
-    def save() -> Path:
-        with clock.paused():
-            tensors = {} if hidden is None else {"h": hidden[0], "c": hidden[1]}
-            return checkpointer.save(model, optimizer, state, tensors)
-
-    with progress, Interruption(accelerator) as interruption:
+    hidden = None
+    session = start_training(model, optimizer, accelerator, args.output_dir, args, fresh, total,
+                             ("train_time", "epoch_time"),
+                             tensors=lambda: {} if hidden is None else {"h": hidden[0], "c": hidden[1]})
+    state = session.state
+    if session.carried:
+        hidden = (session.carried["h"].to(accelerator.device), session.carried["c"].to(accelerator.device))
+    with session:
         while state["epoch"] < training.epochs and state["step"] < total:
             lr = step_decay_lr(state["epoch"] + 1, training.lr, training.lr_decay, training.decay_after)
             for group in optimizer.param_groups:
@@ -141,27 +125,24 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
             while state["position"] < len(starts) and state["step"] < total:
                 inputs, targets = window(train_data, starts[state["position"]], training.unroll)
                 hidden, nll = train_window(model, optimizer, inputs, targets, hidden, training, accelerator,
-                                           state["step"] + 1, checkpointer)
+                                           state["step"] + 1, session.checkpointer)
                 state["position"], state["step"] = state["position"] + 1, state["step"] + 1
                 state["nll"], state["tokens"] = state["nll"] + nll, state["tokens"] + targets.numel()
-                progress.update(1)
-                progress.set_postfix(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
-                                     lr=f"{lr:.4g}", refresh=False)
-                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
-            with clock.paused():
-                end_of_epoch(model, streams, preset, accelerator, state, lr, progress)
+                session.stepped(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
+                                lr=f"{lr:.4g}")
+            with session.clock.paused():
+                end_of_epoch(model, streams, preset, accelerator, state, lr, session)
                 if state["position"] >= len(starts):
                     state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
                     hidden = None
-            save()
+            session.save()
             done = len(state["history"])
             if args.time_budget and done and state["train_time"] * (done + 1) / done > args.time_budget:
                 break  # at the average epoch time so far, the next epoch would not fit
-    progress.close()
     return state
 
 
-def end_of_epoch(model, streams, preset, accelerator, state, lr, progress) -> None:
+def end_of_epoch(model, streams, preset, accelerator, state, lr, session) -> None:
     """Train perplexity over all processes' columns, validation perplexity, one history row."""
     training = preset.training
     totals = accelerator.reduce(torch.tensor([state["nll"], state["tokens"]], dtype=torch.float64,
@@ -171,9 +152,8 @@ def end_of_epoch(model, streams, preset, accelerator, state, lr, progress) -> No
     row = {"epoch": state["epoch"] + 1, "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": lr,
            "words_per_sec": totals[1].item() / max(state["epoch_time"], 1e-9), "step": state["step"]}
     state["history"].append(row)
-    if accelerator.is_main_process:
-        progress.write(f"epoch {row['epoch']:3d} | train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.4g} "
-                       f"| {row['words_per_sec']:6.0f} words/s | {state['train_time']:6.0f} s")
+    session.write(f"epoch {row['epoch']:3d} | train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.4g} "
+                  f"| {row['words_per_sec']:6.0f} words/s | {state['train_time']:6.0f} s")
 
 
 @exits_cleanly
@@ -201,9 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
-                                "data": str(args.data_dir.resolve())}, accelerator, args.overwrite)
-    if accelerator.is_main_process:
-        write_config(args.output_dir / "config.yaml", preset)
+                                "data": str(args.data_dir.resolve())}, accelerator, args.overwrite, preset)
 
     state = train(model, optimizer, train_data, streams, preset, args, accelerator)
 
@@ -213,10 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "config": dataclasses.asdict(preset), "epochs": state["history"], "valid_ppl": state["history"][-1]["valid_ppl"],
         "test_ppl": test_ppl, "wall_time_s": wall_time, "train_time_s": state["train_time"], "steps": state["step"],
-        "seed": args.seed, "mixed_precision": args.mixed_precision, "num_processes": accelerator.num_processes,
-        "versions": {"seq2seq": seq2seq.__version__, "torch": torch.__version__,
-                     "accelerate": accelerate.__version__, "python": platform.python_version()},
-        "command": " ".join(sys.argv),
+        **provenance(args, accelerator),
     }
     if accelerator.is_main_process:
         write_outputs(args.output_dir, accelerator.unwrap_model(model), preset, vocabulary, results)

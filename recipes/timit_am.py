@@ -14,21 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 
-import accelerate
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from tqdm.auto import tqdm
 
-import seq2seq
 from seq2seq.acoustic_model import OBJECTIVES, AcousticModel
-from seq2seq.checkpoint import load_weights, write_json
-from seq2seq.config import add_config_flags, configure, write_config
+from seq2seq.checkpoint import write_json
+from seq2seq.config import add_config_flags, configure
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.devices import use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
@@ -41,8 +36,8 @@ from seq2seq.speech.features import (FeatureConfig, FeatureSet, cached_extract, 
 from seq2seq.speech.phones import FOLD_48_TO_39
 from seq2seq.speech.scoring import phone_error_rate, score_utterance
 from seq2seq.speech.timit import find_utterances, split_speakers
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
-                                    resume, save_or_stop)
+from seq2seq.training_state import (add_run_flags, check_finite, check_run, clip_gradients, load_best, provenance,
+                                    start_training)
 
 
 TRAINING_FLAGS = ("preset", "config", "overrides", "objective", "dropout_mode", "dropout", "epochs", "max_steps", "seed",
@@ -56,18 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_config_flags(parser, ACOUSTIC_PRESETS, default="default")
     parser.add_argument("--objective", choices=OBJECTIVES, help="frame: framewise cross-entropy (the paper, the "
                         "presets' default); ctc: CTC with phone error rate; shorthand for --set model.objective=...")
-    parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="override the preset's placement")
-    parser.add_argument("--dropout", type=probability, help="override the preset's dropout probability")
-    parser.add_argument("--epochs", type=positive(int))
-    parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no")
+    parser.add_argument("--dropout-mode", choices=DROPOUT_MODES, help="shorthand for --set model.dropout_mode=MODE")
+    parser.add_argument("--dropout", type=probability, help="shorthand for --set model.dropout=P")
+    parser.add_argument("--epochs", type=positive(int), help="shorthand for --set training.epochs=N")
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default: OUTPUT/features)")
-    parser.add_argument("--checkpoint-every", type=positive(int), default=200, help="steps between checkpoints")
-    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
-    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
+    add_run_flags(parser, checkpoint_every=200)
     parser.add_argument("--eval-only", action="store_true", help="score --model on the test split and exit")
     parser.add_argument("--model", type=Path, help="a trained model dir (with --eval-only)")
     args = parser.parse_args(argv)
@@ -148,38 +136,26 @@ def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -
     training, corpus = preset.training, data["train"]
     per_epoch = math.ceil(len(batches(corpus, training.batch_size)) / accelerator.num_processes)
     total = min(per_epoch * training.epochs, args.max_steps or 10**12)
-    checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
     fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "best": None, "train_time": 0.0, "frames": 0}
-    state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
-                    mininterval=2.0)
-    clock = TrainingClock(state)
-
-    def save() -> Path:
-        """A checkpoint of the current state, its time not counted as training time."""
-        with clock.paused():
-            return checkpointer.save(model, optimizer, state)
-
-    with progress, Interruption(accelerator) as interruption:
+    session = start_training(model, optimizer, accelerator, output_dir, args, fresh, total)
+    state = session.state
+    with session:
         while state["epoch"] < training.epochs and state["step"] < total:
             order = batches(corpus, training.batch_size, args.seed, state["epoch"])
             mine = shard_evenly(order, accelerator.num_processes, accelerator.process_index)
             while state["position"] < len(mine) and state["step"] < total:
                 batch = padded_batch(corpus, mine[state["position"]], accelerator.device)
-                loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
+                loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, session.checkpointer)
                 state["step"] += 1
                 state["position"] += 1
                 state["frames"] += int(batch["lengths"].sum()) * accelerator.num_processes
-                progress.update(1)
-                progress.set_postfix(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
-                                     frames_s=f"{state['frames'] / clock.seconds():.0f}", refresh=False)
-                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
-            with clock.paused():
+                session.stepped(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
+                                frames_s=f"{state['frames'] / session.clock.seconds():.0f}")
+            with session.clock.paused():
                 if state["position"] >= len(mine):
                     state["epoch"], state["position"] = state["epoch"] + 1, 0
-                end_of_epoch(model, data, preset, accelerator, output_dir, state, progress)
-                checkpointer.save(model, optimizer, state)
-    progress.close()
+                end_of_epoch(model, data, preset, accelerator, output_dir, session)
+                session.checkpointer.save(model, optimizer, state)
     return state
 
 
@@ -196,21 +172,16 @@ def train_step(model, optimizer, batch, training, accelerator, step: int, checkp
     return loss.item()
 
 
-def end_of_epoch(model, data, preset, accelerator, output_dir, state, progress) -> None:
+def end_of_epoch(model, data, preset, accelerator, output_dir, session) -> None:
     """Dev scores; the best model (frame accuracy, or -PER under CTC) goes to OUTPUT/model."""
-    dev = evaluate(model, data["dev"], preset, accelerator)
-    row = {"epoch": state["epoch"], "step": state["step"], **{f"dev_{k}": v for k, v in dev.items()}}
-    state["history"].append(row)
-    score = dev.get("frame_accuracy", -dev["per"])
-    improved = state["best"] is None or score > state["best"]
-    if improved:
-        state["best"] = score
-        if accelerator.is_main_process:
-            save_acoustic_model(output_dir / "model", accelerator.unwrap_model(model), preset)
-    if accelerator.is_main_process:
-        accuracy = f"frame acc {dev['frame_accuracy']:.2f}% | " if "frame_accuracy" in dev else ""
-        progress.write(f"epoch {state['epoch']:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
-                       f"{' *' if improved else ''}")
+    state, dev = session.state, evaluate(model, data["dev"], preset, accelerator)
+    state["history"].append({"epoch": state["epoch"], "step": state["step"],
+                             **{f"dev_{key}": value for key, value in dev.items()}})
+    improved = session.keep_if_best(dev.get("frame_accuracy", -dev["per"]), "best", lambda: save_acoustic_model(
+        output_dir / "model", accelerator.unwrap_model(model), preset))
+    accuracy = f"frame acc {dev['frame_accuracy']:.2f}% | " if "frame_accuracy" in dev else ""
+    session.write(f"epoch {state['epoch']:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
+                  f"{' *' if improved else ''}")
 
 
 # --- The experiment ---
@@ -241,24 +212,18 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
-                           "timit_root": str(args.timit_root.resolve())}, accelerator, args.overwrite)
-    if accelerator.is_main_process:
-        write_config(output_dir / "config.yaml", preset)
+                           "timit_root": str(args.timit_root.resolve())}, accelerator, args.overwrite, preset)
 
     state = train(model, optimizer, data, preset, args, accelerator, output_dir)
 
     # Test: the best model by dev score, with beam search under CTC.
-    best_dir = output_dir / "model"
-    if accelerator.is_main_process and not (best_dir / "model.safetensors").is_file():
-        save_acoustic_model(best_dir, accelerator.unwrap_model(model), preset)
-    accelerator.wait_for_everyone()
-    load_weights(best_dir, accelerator.unwrap_model(model))
+    load_best(output_dir / "model", model, accelerator,
+              lambda: save_acoustic_model(output_dir / "model", accelerator.unwrap_model(model), preset))
     test = evaluate(model, data["test"], preset, accelerator, beam=True)
     wall_time = time.time() - started
     results = {**test, "dev": state["history"], "steps": state["step"], "train_time_s": state["train_time"],
                "wall_time_s": wall_time, "train_frames": len(data["train"].features),
-               "config": dataclasses.asdict(preset), "seed": args.seed, "num_processes": accelerator.num_processes,
-               "command": " ".join(sys.argv), "versions": versions()}
+               "config": dataclasses.asdict(preset), **provenance(args, accelerator)}
     accelerator.print(f"test: {describe(test)} | {wall_time:.0f} s")
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
@@ -277,7 +242,8 @@ def eval_only(args, accelerator) -> dict:
     model = accelerator.prepare(model)
     test = evaluate(model, data["test"], preset, accelerator, beam=True)
     accelerator.print(f"test: {describe(test)}")
-    results = {**test, "model": str(args.model), "timit_root": str(args.timit_root), "versions": versions()}
+    results = {**test, "model": str(args.model), "timit_root": str(args.timit_root),
+               "versions": provenance(args, accelerator)["versions"]}
     if args.output_dir and accelerator.is_main_process:
         write_json(args.output_dir / "results.json", results)
     return results
@@ -286,11 +252,6 @@ def eval_only(args, accelerator) -> dict:
 def describe(scores: dict) -> str:
     accuracy = f"frame accuracy {scores['frame_accuracy']:.2f}% | " if "frame_accuracy" in scores else ""
     return f"{accuracy}PER {scores['per']:.2f}% | loss {scores['loss']:.3f}"
-
-
-def versions() -> dict:
-    return {"seq2seq": seq2seq.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
 
 
 def plot(path: Path, history: list[dict], preset: AcousticPreset, test: dict) -> None:

@@ -16,22 +16,17 @@ import argparse
 import dataclasses
 import importlib.util
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 
-import accelerate
 import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
-import seq2seq
 from seq2seq.average import average
 from seq2seq.checkpoint import atomic_write, load_weights, write_json
-from seq2seq.config import add_config_flags, configure, write_config
+from seq2seq.config import add_config_flags, configure
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.data.options import add_data_flags, data_from_flags
 from seq2seq.data.prepared import PreparedCorpus, prepare
@@ -43,8 +38,8 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.shortlist import SHORTLIST_NAME
-from seq2seq.training_state import (Checkpointer, Interruption, TrainingClock, check_finite, check_run, clip_gradients,
-                                    resume, save_or_stop)
+from seq2seq.training_state import (Checkpointer, add_run_flags, check_finite, check_run, clip_gradients, load_best,
+                                    provenance, start_training)
 from seq2seq.translator import Translator
 
 
@@ -57,18 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prepare-only", action="store_true", help="prepare the corpus and stop")
     add_data_flags(parser)
     parser.add_argument("--epochs", type=positive(float), help="shorthand for --set training.epochs=E")
-    parser.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--gradient-accumulation-steps", type=positive(int), metavar="K",
                         help="shorthand for --set training.gradient_accumulation_steps=K")
     parser.add_argument("--eval-every", type=positive(int), help="shorthand for --set training.eval_every=N")
     parser.add_argument("--dropout", type=probability, help="shorthand for --set model.dropout=P")
-    parser.add_argument("--checkpoint-every", type=positive(int), default=500, help="updates between checkpoints")
-    parser.add_argument("--keep-checkpoints", type=positive(int), default=3)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an output dir that holds another run's checkpoints, model or results")
-    parser.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
+    add_run_flags(parser, checkpoint_every=500, precisions=("no", "bf16", "fp16"))
     parser.add_argument("--average-last", type=positive(int), metavar="K", help="also score the mean of the last K "
                         "checkpoints, written to OUTPUT/averaged (seq2seq-average); needs --keep-checkpoints >= K")
     args = parser.parse_args(argv)
@@ -131,19 +119,10 @@ def train(model, optimizer, corpus: PreparedCorpus, preset, args, accelerator, o
     per_epoch = math.ceil(len(token_batches(src_lengths, tgt_lengths, training.max_tokens,
                                             max_sentences=training.max_sentences)) / accelerator.num_processes)
     total = min(int(per_epoch * training.epochs / training.gradient_accumulation_steps), args.max_steps or 10**12)
-    checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
     fresh = {"step": 0, "epoch": 0, "position": 0, "dev": [], "best_bleu": -1.0, "tokens": 0, "train_time": 0.0}
-    state, _ = resume(checkpointer, args.resume, model, optimizer, fresh)
-    progress = tqdm(total=total, initial=state["step"], disable=not accelerator.is_main_process, unit="step",
-                    mininterval=2.0)
-    clock, first_update = TrainingClock(state), None
-
-    def save() -> Path:
-        """A checkpoint of the current state, its time not counted as training time."""
-        with clock.paused():
-            return checkpointer.save(model, optimizer, state)
-
-    with progress, Interruption(accelerator) as interruption:
+    session, first_update = start_training(model, optimizer, accelerator, output_dir, args, fresh, total), None
+    state = session.state
+    with session:
         while state["step"] < total:
             batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
                                     seed=args.seed, epoch=state["epoch"])
@@ -155,7 +134,8 @@ def train(model, optimizer, corpus: PreparedCorpus, preset, args, accelerator, o
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with accelerator.accumulate(model):
-                    loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, checkpointer)
+                    loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1,
+                                      session.checkpointer)
                 state["tokens"] += int((batch.tgt_out != 0).sum()) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
@@ -163,25 +143,24 @@ def train(model, optimizer, corpus: PreparedCorpus, preset, args, accelerator, o
                 if first_update is None:
                     first_update = time.time() - psutil.Process().create_time()
                     accelerator.print(f"first update {first_update:.1f} s after launch")
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", tok_s=f"{state['tokens'] / clock.seconds():.0f}",
-                                     refresh=False)
+                session.advance(loss=f"{loss:.3f}", lr=f"{lr:.3g}",
+                                tok_s=f"{state['tokens'] / session.clock.seconds():.0f}")
                 accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
                 if state["step"] % training.eval_every == 0 or state["step"] == total:
-                    with clock.paused():
-                        dev_checkpoint(model, corpus, preset, accelerator, output_dir, state,
+                    with session.clock.paused():
+                        dev_checkpoint(model, corpus, preset, accelerator, output_dir, session,
                                        state["epoch"] + state["position"] / len(mine))
-                save_or_stop(interruption, state["step"], args.checkpoint_every, save)
+                session.checkpoint_if_due()
             if state["position"] >= len(mine):  # epoch end: the next one starts from its own seeded order
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
                 if accelerator.sync_gradients:
-                    save()
-    clock.stop()
+                    session.save()
+    session.clock.stop()
     if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
-        dev_checkpoint(model, corpus, preset, accelerator, output_dir, state, state["epoch"])
-    latest = checkpointer.latest()
+        dev_checkpoint(model, corpus, preset, accelerator, output_dir, session, state["epoch"])
+    latest = session.checkpointer.latest()
     if latest is None or not latest.name.endswith(f"{state['step']:09d}"):  # the final state, for the record
-        checkpointer.save(model, optimizer, state)
+        session.checkpointer.save(model, optimizer, state)
     return {**state, "first_update_s": first_update}
 
 
@@ -197,21 +176,18 @@ def train_step(model, optimizer, batch, training, accelerator, step: int, checkp
     return loss.item()
 
 
-def dev_checkpoint(model, corpus, preset, accelerator, output_dir, state, epoch: float) -> None:
+def dev_checkpoint(model, corpus, preset, accelerator, output_dir, session, epoch: float) -> None:
     """Dev perplexity and greedy BLEU; the best model by dev BLEU is kept in OUTPUT/model."""
+    state = session.state
     scores, _ = evaluate(model, corpus, preset, accelerator, beam=False, split="valid")
     row = {"step": state["step"], "epoch": epoch, "ppl": scores["ppl"], "bleu": scores["bleu"],
            "chrf": scores["chrf"], "train_tokens_per_sec": state["tokens"] / max(state["train_time"], 1e-9)}
     state["dev"].append(row)
     accelerator.log({"dev/ppl": row["ppl"], "dev/bleu": row["bleu"], "dev/chrf": row["chrf"]}, step=state["step"])
-    improved = scores["bleu"] > state["best_bleu"]
-    if improved:
-        state["best_bleu"] = scores["bleu"]
-        if accelerator.is_main_process:
-            save_translator(output_dir / "model", accelerator.unwrap_model(model), preset, corpus.src_tok, corpus.tgt_tok)
-    if accelerator.is_main_process:
-        tqdm.write(f"step {row['step']:6d} | epoch {row['epoch']:.2f} | dev ppl {row['ppl']:.2f} | dev BLEU "
-                   f"{row['bleu']:.2f} (greedy){' *' if improved else ''} | {row['train_tokens_per_sec']:.0f} tok/s")
+    improved = session.keep_if_best(scores["bleu"], "best_bleu", lambda: save_translator(
+        output_dir / "model", accelerator.unwrap_model(model), preset, corpus.src_tok, corpus.tgt_tok))
+    session.write(f"step {row['step']:6d} | epoch {row['epoch']:.2f} | dev ppl {row['ppl']:.2f} | dev BLEU "
+                  f"{row['bleu']:.2f} (greedy){' *' if improved else ''} | {row['train_tokens_per_sec']:.0f} tok/s")
 
 
 # --- The experiment ---
@@ -245,21 +221,16 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.init_trackers("wmt14_enfr", config={k: str(v) for k, v in dataclasses.asdict(preset).items()})
     check_run(output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                            "tokenizers": [corpus.src_tok.fingerprint(), corpus.tgt_tok.fingerprint()]},
-              accelerator, args.overwrite)
-    if accelerator.is_main_process:
-        write_config(output_dir / "config.yaml", preset)
+              accelerator, args.overwrite, preset)
 
     state = train(model, optimizer, corpus, preset, args, accelerator, output_dir)
 
     # Decoding and scoring: the best model by dev BLEU, beam search (over the shortlist, if any) on the test set.
     best_dir = output_dir / "model"
-    if accelerator.is_main_process:
-        if not (best_dir / "model.safetensors").is_file():
-            save_translator(best_dir, accelerator.unwrap_model(model), preset, corpus.src_tok, corpus.tgt_tok)
-        if corpus.shortlist is not None:
-            corpus.shortlist.save(best_dir / SHORTLIST_NAME)
-    accelerator.wait_for_everyone()
-    load_weights(best_dir, accelerator.unwrap_model(model))
+    if accelerator.is_main_process and corpus.shortlist is not None:
+        corpus.shortlist.save(best_dir / SHORTLIST_NAME)
+    load_best(best_dir, model, accelerator, lambda: save_translator(best_dir, accelerator.unwrap_model(model), preset,
+                                                                   corpus.src_tok, corpus.tgt_tok))
     test, hypotheses = evaluate(model, corpus, preset, accelerator, beam=True, split="test")
     wall_time = time.time() - started
     accelerator.print(f"test BLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  (beam {preset.decoding.beam_size})\n"
@@ -270,10 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_dev_bleu": state["best_bleu"], "steps": state["step"], "train_time_s": state["train_time"],
         "first_update_s": state["first_update_s"], "wall_time_s": wall_time,
         "src_lang": preset.data.src_lang, "tgt_lang": preset.data.tgt_lang, "prepared": str(corpus.directory),
-        "config": dataclasses.asdict(preset), "seed": args.seed, "mixed_precision": args.mixed_precision,
-        "num_processes": accelerator.num_processes, "command": " ".join(sys.argv),
-        "versions": {"seq2seq": seq2seq.__version__, "torch": torch.__version__,
-                     "accelerate": accelerate.__version__, "python": platform.python_version()},
+        "config": dataclasses.asdict(preset), **provenance(args, accelerator),
     }
     if args.average_last:  # the mean of the last K checkpoints, scored the same way
         results["averaged"] = score_average(model, corpus, preset, args, accelerator, output_dir)

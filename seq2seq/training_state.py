@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import json
 import pickle
+import platform
 import random
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import accelerate
 import torch
 from safetensors.torch import save_model as safetensors_save_model
+from tqdm.auto import tqdm
 
-from .checkpoint import load_weights, write_json
-from .errors import UserError
+from . import __version__
+from .checkpoint import WEIGHTS_NAME, load_weights, write_json
+from .config import write_config
+from .errors import UserError, positive
 
 RUN_FILE = "run.json"
 
@@ -129,10 +135,11 @@ def replace_directory(new: Path, final: Path) -> None:
 RUN_OUTPUTS = ("checkpoints", "model", "results.json")
 
 
-def check_run(output_dir: Path, run: dict, accelerator, overwrite: bool = False) -> None:
+def check_run(output_dir: Path, run: dict, accelerator, overwrite: bool = False, config=None) -> None:
     """OUTPUT/run.json records what made the run whose checkpoints, model and results OUTPUT holds. The same
     run continues there; another run (different fields, or no run.json beside them) is refused in one line,
-    unless overwrite: then those outputs are deleted and the run starts afresh."""
+    unless overwrite: then those outputs are deleted and the run starts afresh. With config (the resolved
+    preset), OUTPUT/config.yaml is written too (seq2seq.config: --config reads it back)."""
     output_dir = Path(output_dir)
     path = output_dir / RUN_FILE
     run = json.loads(json.dumps(run))  # tuples -> lists, as read back
@@ -151,6 +158,8 @@ def check_run(output_dir: Path, run: dict, accelerator, overwrite: bool = False)
                 target = output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         write_json(path, run)
+        if config is not None:
+            write_config(output_dir / "config.yaml", config)
     accelerator.wait_for_everyone()
 
 
@@ -254,3 +263,105 @@ def resume(checkpointer: Checkpointer, explicit: Path | None, model, optimizer, 
     checkpointer.accelerator.print(f"resuming from {path}: step {progress['step']}, epoch {progress['epoch']}, "
                                    f"batch {progress['position']} of that epoch")
     return progress, tensors
+
+
+# --- What every recipe's loop needs around it ---
+
+def add_run_flags(parser, checkpoint_every: int, precisions: tuple[str, ...] = ("no", "bf16")) -> None:
+    """The flags every recipe shares: --max-steps, --seed, --mixed-precision, checkpoints, --overwrite, --resume."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
+    group.add_argument("--seed", type=int, default=0, help="fixes the result on a CPU (default: 0)")
+    group.add_argument("--mixed-precision", choices=precisions, default="no", help="(default: no)")
+    group.add_argument("--checkpoint-every", type=positive(int), default=checkpoint_every,
+                       help=f"updates between checkpoints (default: {checkpoint_every})")
+    group.add_argument("--keep-checkpoints", type=positive(int), default=3, help="(default: 3)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an output dir that holds another run's checkpoints, model or results")
+    group.add_argument("--resume", type=Path, help="a checkpoint dir (default: the output dir's latest, if any)")
+
+
+def provenance(args, accelerator) -> dict:
+    """What results.json records about how a run was made."""
+    return {"seed": args.seed, "mixed_precision": getattr(args, "mixed_precision", "no"),
+            "num_processes": accelerator.num_processes, "command": " ".join(sys.argv),
+            "versions": {"seq2seq": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__,
+                         "python": platform.python_version()}}
+
+
+class TrainingSession:
+    """The scaffolding around a recipe's own loop: resume (or the fresh state), the progress bar, the training
+    clock, SIGTERM / Ctrl-C handling, checkpoints every --checkpoint-every updates, the best model kept.
+
+        with start_training(model, optimizer, accelerator, output_dir, args, fresh, total) as session:
+            state = session.state                     # the resumable progress (progress.json of a checkpoint)
+            ... one update ...; state["step"] += 1
+            session.stepped(loss=...)                 # progress bar; a checkpoint when due or when stopping
+    """
+
+    def __init__(self, model, optimizer, accelerator, output_dir: Path, args, fresh: dict, total: int,
+                 clock_keys: tuple[str, ...] = ("train_time",), tensors=None):
+        self.model, self.optimizer, self.accelerator = model, optimizer, accelerator
+        self.checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
+        self.state, self.carried = resume(self.checkpointer, args.resume, model, optimizer, fresh)
+        self.every, self.tensors = args.checkpoint_every, tensors or (lambda: {})
+        self.progress = tqdm(total=total, initial=self.state["step"], disable=not accelerator.is_main_process,
+                             unit="step", mininterval=2.0)
+        self.clock = TrainingClock(self.state, clock_keys)
+        self.interruption = Interruption(accelerator)
+
+    def __enter__(self) -> TrainingSession:
+        self.progress.__enter__()
+        self.interruption.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.interruption.__exit__(*exc)
+        self.progress.__exit__(*exc)
+
+    def save(self) -> Path:
+        """A checkpoint of the current state; its time is not counted as training time."""
+        with self.clock.paused():
+            return self.checkpointer.save(self.model, self.optimizer, self.state, self.tensors())
+
+    def stepped(self, **postfix) -> None:
+        """After an update: the progress bar, then a checkpoint when one is due or a stop was requested."""
+        self.advance(**postfix)
+        self.checkpoint_if_due()
+
+    def advance(self, **postfix) -> None:
+        """The progress bar moves one update, showing postfix."""
+        self.progress.update(1)
+        self.progress.set_postfix(refresh=False, **postfix)
+
+    def checkpoint_if_due(self) -> None:
+        """A checkpoint every --checkpoint-every updates; on SIGTERM / Ctrl-C one, then a clean stop (UserError)."""
+        save_or_stop(self.interruption, self.state["step"], self.every, self.save)
+
+    def write(self, line: str) -> None:
+        """A log line above the progress bar (main process only)."""
+        if self.accelerator.is_main_process:
+            self.progress.write(line)
+
+    def keep_if_best(self, score: float, key: str, save_model) -> bool:
+        """Record score under state[key] when it beats the best so far, and call save_model() (main process)."""
+        improved = self.state[key] is None or score > self.state[key]
+        if improved:
+            self.state[key] = score
+            if self.accelerator.is_main_process:
+                save_model()
+        return improved
+
+
+def start_training(model, optimizer, accelerator, output_dir: Path, args, fresh: dict, total: int,
+                   clock_keys: tuple[str, ...] = ("train_time",), tensors=None) -> TrainingSession:
+    """A TrainingSession, resumed from the output dir's latest checkpoint (or --resume) when there is one."""
+    return TrainingSession(model, optimizer, accelerator, output_dir, args, fresh, total, clock_keys, tensors)
+
+
+def load_best(model_dir: Path, model, accelerator, save_model) -> None:
+    """Load the best model kept during training; a run that never scored one saves the current weights first."""
+    if accelerator.is_main_process and not (Path(model_dir) / WEIGHTS_NAME).is_file():
+        save_model()
+    accelerator.wait_for_everyone()
+    load_weights(model_dir, accelerator.unwrap_model(model))
