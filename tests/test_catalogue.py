@@ -19,6 +19,8 @@ from recipe_runs import recipe_args, run
 from seq2seq.language_model import LanguageModel
 from seq2seq.tokenizer import train_sentencepiece
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 ptb_lm = load_recipe("ptb_lm")
 
 

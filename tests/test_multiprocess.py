@@ -9,6 +9,8 @@ import sacrebleu
 import torch
 from recipe_runs import final_weights, recipe_args, run
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 # fp32 all-reduce vs one summed batch: measured differences are ~1e-7 relative; allow 1e-4.
 RTOL, ATOL = 1e-4, 1e-6
 

@@ -12,6 +12,8 @@ from conftest import ROOT, load_recipe
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines
 from seq2seq.language_model import evaluate_nll, load_language_model
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 ptb_lm = load_recipe("ptb_lm")
 
 

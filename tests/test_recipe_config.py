@@ -9,6 +9,8 @@ from conftest import ROOT, load_recipe
 from recipe_runs import recipe_args
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 ptb_lm, wmt, timit = load_recipe("ptb_lm"), load_recipe("wmt14_enfr"), load_recipe("timit_am")
 OVERRIDES = ["--set", "training.lr=0.002", "--set", "model.hidden_size=128", "--set", "model.embedding_size=128"]
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 from recipe_runs import final_weights, recipe_args, run, start, wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 EPOCHS = {"ptb_lm": "2", "wmt14_enfr": "2", "timit_am": "2"}
 
 

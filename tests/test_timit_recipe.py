@@ -14,6 +14,8 @@ from timit_corpus import small_corpus
 from seq2seq.acoustic_model import AcousticModel, AcousticModelConfig
 from seq2seq.speech.features import IGNORE
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 timit = load_recipe("timit_am")
 
 

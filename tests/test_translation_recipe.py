@@ -13,6 +13,8 @@ from recipe_runs import write_split
 
 from seq2seq.metrics import corpus_scores, paired_bootstrap
 
+pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
+
 wmt = load_recipe("wmt14_enfr")
 TINY = ["--preset", "tiny", "--eval-every", "20"]  # the tests' corpora are small: dev scores often
 
