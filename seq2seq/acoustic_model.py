@@ -60,7 +60,7 @@ class AcousticModel(nn.Module):
         """features: (T, B, input_size) right-padded; lengths: (B,). Returns logits (T, B, classes);
         the LSTM's top output is already dropped out (zaremba: the top layer -> classifier connection)."""
         features = (features - self.input_mean) * self.input_inv_std
-        top, _ = self.lstm(features, lengths=lengths, final_state=False)  # (T, B, H)
+        top = self.lstm.outputs(features, lengths)  # (T, B, H)
         return self.classifier(top)
 
     def loss(self, logits: Tensor, lengths: Tensor, labels: Tensor, phones: Tensor, phone_lengths: Tensor

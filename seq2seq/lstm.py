@@ -52,7 +52,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     positions = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
     source = lengths.to(x.device).unsqueeze(0) - 1 - positions  # (T, B)
     source = torch.where(source >= 0, source, positions.expand_as(source))
-    return x.gather(0, source.view(*source.shape, *[1] * (x.dim() - 2)).expand_as(x))
+    return x.gather(0, source.view(*source.shape, *[1] * (x.dim() - 2)).expand_as(x))  # (T, B, ...)
 
 
 def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None,
@@ -116,16 +116,12 @@ class StackedLSTM(nn.Module):
                             self.hidden_size, device=device, generator=generator)
 
     def forward(self, x: Tensor, state: State | None = None, masks: DropoutMasks | None = None,
-                lengths: Tensor | None = None, final_state: bool = True) -> tuple[Tensor, State | None]:
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """x: (T, B, input_size); state: (h, c) each (L, B, H) or None for zeros; masks: explicit masks
         (else drawn when training); lengths: (B,) for right-padded batches, so that the final state is
         each sequence's own last step and padded outputs are zero.
-        final_state=False (a frame classifier needs only the outputs): padded batches skip packing, whose
-        CPU backward is ~10x slower than the fused kernel's; the state returned is then None.
         Returns the top layer's output (T, B, H), times masks.output unless that is None, and the final state.
         """
-        if lengths is not None and not final_state and state is None:
-            return self._forward_outputs_only(x, masks, lengths), None
         steps, batch = x.shape[0], x.shape[1]
         if masks is None:
             masks = self.sample_masks(steps, batch, device=x.device)
@@ -148,41 +144,12 @@ class StackedLSTM(nn.Module):
             x = x * masks.output
         return x, (torch.stack(hs), torch.stack(cs))
 
-    def step(self, x: Tensor | None, state: State, first_gates: Tensor | None = None,
-             parents: Tensor | None = None) -> tuple[Tensor, State]:
-        """One time step without dropout, for search (unidirectional layers only).
-
-        x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
-        computed (a decoder can table it per target token); state: (h, c) each (L, B, H); parents: (N,)
-        the state row each new row continues (None: row n continues row n). W_hh h is computed once per
-        distinct parent: in beam search several hypotheses often extend the same one.
-        Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
-        is a third of the work. Returns the top output (N, H) and the new state.
-        """
-        distinct, inverse = None, parents  # off the CPU, no torch.unique: its data-dependent size would sync
-        if parents is not None and parents.device.type == "cpu":
-            distinct, inverse = torch.unique(parents, return_inverse=True)
-        hs, cs = [], []
-        for index, layer in enumerate(self.layers):
-            if index == 0 and first_gates is not None:
-                gates = first_gates
-            else:
-                gates = nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
-            h, c = state[0][index], state[1][index]  # (B, H)
-            if parents is None:
-                gates = torch.addmm(gates, h, layer.weight_hh_l0.t())
-            else:
-                gates = gates + ((h if distinct is None else h[distinct]) @ layer.weight_hh_l0.t())[inverse]
-                c = c[parents]
-            x, c = lstm_pointwise(gates, c)
-            hs.append(x)
-            cs.append(c)
-        return x, (torch.stack(hs), torch.stack(cs))
-
-    def _forward_outputs_only(self, x: Tensor, masks: DropoutMasks | None, lengths: Tensor) -> Tensor:
-        """Outputs of a right-padded batch without packing: a forward direction's outputs at valid steps do
-        not depend on the padding after them; the backward direction reads each sequence reversed within
-        its own length. Padded outputs are zeroed, as packing would."""
+    def outputs(self, x: Tensor, lengths: Tensor, masks: DropoutMasks | None = None) -> Tensor:
+        """The top layer's outputs (T, B, H) of a right-padded batch x (T, B, input_size) from zero states, for
+        a model that needs no final state (a frame classifier). Without packing, whose CPU backward is ~10x
+        slower than the fused kernel's: a forward direction's outputs at valid steps do not depend on the
+        padding after them, and the backward direction reads each sequence reversed within its own length.
+        Padded outputs are zeroed, as packing would."""
         if masks is None:
             masks = self.sample_masks(x.shape[0], x.shape[1], device=x.device)
         if masks is not None and masks.recurrent is not None:  # step loops handle lengths themselves
@@ -240,11 +207,12 @@ class StackedLSTM(nn.Module):
 def _direction(layer: nn.LSTM, x: Tensor, suffix: str) -> Tensor:
     """One direction of a layer on the fused kernel (zero initial state): outputs (T, B, units)."""
     weights = [getattr(layer, f"{name}_{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    return torch.lstm(x, (x.new_zeros(1, x.shape[1], layer.hidden_size),) * 2, weights, True, 1, 0.0,
-                      layer.training, False, False)[0]
+    zeros = x.new_zeros(1, x.shape[1], layer.hidden_size)  # (1, B, units): h_0 = c_0 = 0
+    return torch.lstm(x, hx=(zeros, zeros), params=weights, has_biases=True, num_layers=1, dropout=0.0,
+                      train=layer.training, bidirectional=False, batch_first=False)[0]
 
 
 def _directions(state: Tensor, layer: nn.LSTM) -> Tensor:
     """(B, H) -> (directions, B, H / directions), the layout nn.LSTM expects for one layer."""
     directions = 2 if layer.bidirectional else 1
-    return state.view(state.shape[0], directions, -1).transpose(0, 1).contiguous()
+    return state.view(state.shape[0], directions, -1).transpose(0, 1).contiguous()  # (B, H) -> (directions, B, units)

@@ -123,6 +123,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
             positions = torch.zeros(groups * rows, dtype=torch.long, device=device)
         log_probs = constrain(log_probs, step, limit.repeat_interleave(rows), min_len, eos, banned)  # (B' * R, V)
         vocab = log_probs.shape[-1]
+        # (B', R, V) summed with each row's score, then (B', R * V): every extension of every hypothesis
         candidates = (scores.unsqueeze(-1) + log_probs.view(groups, rows, vocab)).view(groups, rows * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, rows * vocab), dim=-1)  # (B', 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
@@ -136,20 +137,21 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         width = min(k, top_scores.shape[1])
         host = torch.cat([top_scores[:, :width].double(), top_beam[:, :width].double(), top_token[:, :width].double(),
                           scores[:, :1].double(), picked.double(), tokens.double(),
-                          positions.view(groups, rows).double()], dim=1).tolist()  # the one sync
+                          positions.view(groups, rows).double()], dim=1).tolist()  # (B', ...): the one sync
         done = [retire(finished[active[g]], row, width, g * rows, trail, step, alpha, k, nbest, limits[active[g]])
                 for g, row in enumerate(host)]
         if all(done):
             break
-        tokens, keep = tokens.view(-1), [g for g, d in enumerate(done) if not d]
+        tokens, keep = tokens.view(-1), [g for g, d in enumerate(done) if not d]  # tokens: (B' * K,)
         width_alive = scores.shape[1]
         at = 3 * width + 1  # host row: ..., picked (width_alive), tokens (width_alive), positions (rows)
         parents = [int(p) for g in keep for p in host[g][at : at + width_alive]]
         trail.append((parents, [int(t) for g in keep for t in host[g][at + width_alive : at + 2 * width_alive]],
                       [int(host[p // rows][at + 2 * width_alive + p % rows]) for p in parents]))
-        state = state.select(picked.view(-1))
+        state = state.select(picked.view(-1))  # rows (B' * K,)
         if len(keep) < groups:  # drop finished sentences from the batch
             kept = torch.tensor(keep, device=device)  # (B'',)
+            # (B'', K) -> (B'' * K,): the rows of the sentences kept
             keep_rows = (kept.unsqueeze(1) * width_alive + torch.arange(width_alive, device=device)).view(-1)
             active = [active[g] for g in keep]
             scores, limit, memory = scores[kept], limit[kept], memory.select(kept)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .attention import LuongAttention
 from .dropout import DropoutMasks, check_dropout
-from .lstm import StackedLSTM, reverse_padded
+from .lstm import StackedLSTM, lstm_pointwise, reverse_padded
 from .softmax import linear_cross_entropy
 from .tokenizer import PAD
 
@@ -203,7 +203,7 @@ class Translator(nn.Module):
         memory, state = self.encode(src, src_lengths)
         top, _ = self.decode(tgt_in, state, memory)  # (T, B, H)
         flat = top.reshape(-1, top.shape[-1])  # (T * B, H)
-        loss = linear_cross_entropy(flat, self.output.weight, self.output.bias, tgt_out.reshape(-1),
+        loss = linear_cross_entropy(flat, self.output.weight, self.output.bias, tgt_out.reshape(-1),  # (T * B,)
                                     label_smoothing=label_smoothing, ignore_index=PAD)
         return loss, (tgt_out != PAD).sum()
 
@@ -223,7 +223,8 @@ class Translator(nn.Module):
         if self.config.input_feeding:
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
             gates = gates.addmm(feed, self.decoder.layers[0].weight_ih_l0[:, self.config.embedding_size:].t())
-        top, (h, c) = self.decoder.step(None, (state.h, state.c), first_gates=gates, parents=state.rows)  # (N, H)
+        top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates,
+                                   parents=state.rows)  # top: (N, H)
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True)
@@ -233,7 +234,8 @@ class Translator(nn.Module):
             logits = self.output(top)  # (N, V)
         else:
             logits = nn.functional.linear(top, output.weight, output.bias)  # (N, U)
-            logits = (logits.view(len(output.mask), -1, len(output.ids)) + output.mask.unsqueeze(1)).flatten(0, 1)
+            logits = logits.view(len(output.mask), -1, len(output.ids)) + output.mask.unsqueeze(1)  # (B, R, U)
+            logits = logits.flatten(0, 1)  # (N, U)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         state = DecoderState(h, c, top if self.config.input_feeding else None)
         if alignment:
@@ -257,3 +259,36 @@ class Translator(nn.Module):
                                                          layer.bias_ih_l0 + layer.bias_hh_l0)  # (V, 4H)
             self._gates_key = key
         return self._gates_table
+
+
+def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Tensor],
+                 first_gates: Tensor | None = None, parents: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One time step of a unidirectional StackedLSTM without dropout, for search.
+
+    x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
+    computed (a decoder can table it per target token); state: (h, c) each (L, B, H); parents: (N,)
+    the state row each new row continues (None: row n continues row n). W_hh h is computed once per
+    distinct parent: in beam search several hypotheses often extend the same one.
+    Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
+    is a third of the work. Returns the top output (N, H) and the new state.
+    """
+    distinct, inverse = None, parents  # off the CPU, no torch.unique: its data-dependent size would sync
+    if parents is not None and parents.device.type == "cpu":
+        distinct, inverse = torch.unique(parents, return_inverse=True)
+    hs, cs = [], []
+    for index, layer in enumerate(decoder.layers):
+        if index == 0 and first_gates is not None:
+            gates = first_gates
+        else:
+            gates = nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
+        h, c = state[0][index], state[1][index]  # (B, H)
+        if parents is None:
+            gates = torch.addmm(gates, h, layer.weight_hh_l0.t())  # (N, 4H)
+        else:
+            # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H)
+            gates = gates + ((h if distinct is None else h[distinct]) @ layer.weight_hh_l0.t())[inverse]
+            c = c[parents]  # (N, H)
+        x, c = lstm_pointwise(gates, c)
+        hs.append(x)
+        cs.append(c)
+    return x, (torch.stack(hs), torch.stack(cs))

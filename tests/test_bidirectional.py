@@ -114,7 +114,7 @@ def test_odd_hidden_size_is_refused():
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("mode", ["zaremba", "variational"])
 def test_outputs_only_path_equals_packed_path(bidirectional, mode):
-    """final_state=False skips packing; its outputs and gradients must equal the packed path's."""
+    """outputs() skips packing; its outputs and gradients must equal the packed path's."""
     torch.manual_seed(0)
     lstm = StackedLSTM(D, H, L, dropout=0.3, dropout_mode=mode, bidirectional=bidirectional)
     x = torch.randn(T, B, D, requires_grad=True)
@@ -122,9 +122,8 @@ def test_outputs_only_path_equals_packed_path(bidirectional, mode):
     masks = lstm.sample_masks(T, B)
     packed, _ = lstm(x, masks=masks, lengths=lengths)
     (grad_packed,) = torch.autograd.grad(packed.pow(2).sum(), x)
-    unpacked, state = lstm(x, masks=masks, lengths=lengths, final_state=False)
+    unpacked = lstm.outputs(x, lengths, masks)
     (grad_unpacked,) = torch.autograd.grad(unpacked.pow(2).sum(), x)
-    assert state is None
     torch.testing.assert_close(unpacked, packed, atol=ATOL, rtol=0)
     torch.testing.assert_close(grad_unpacked, grad_packed, atol=ATOL, rtol=0)
     assert (unpacked[3:, 1] == 0).all()

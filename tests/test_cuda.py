@@ -13,7 +13,7 @@ from recipe_runs import recipe_args, run
 from seq2seq.acoustic_model import AcousticModel, AcousticModelConfig
 from seq2seq.language_model import LanguageModel, LanguageModelConfig
 from seq2seq.lstm import StackedLSTM
-from seq2seq.translator import Translator, TranslatorConfig
+from seq2seq.translator import Translator, TranslatorConfig, decoder_step
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -29,7 +29,7 @@ def test_fused_kernel_equals_the_step_loop(device, mode):
     state = (torch.zeros(3, 4, 16, device=device), torch.zeros(3, 4, 16, device=device))
     steps = []
     for t in range(9):
-        top, state = lstm.step(x[t], state)
+        top, state = decoder_step(lstm, x[t], state)
         steps.append(top)
     torch.testing.assert_close(torch.stack(steps), fused, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state[0], h, rtol=1e-4, atol=1e-5)

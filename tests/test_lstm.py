@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from lstm_reference import reference_stacked_lstm, weights_of
 
 from seq2seq.dropout import DROPOUT_MODES, sample_masks
+from seq2seq.translator import decoder_step
 from seq2seq.lstm import StackedLSTM
 
 T, B, D, H, L = 7, 3, 5, 6, 3
@@ -212,7 +213,7 @@ def test_single_step_equals_reference_step_by_step():
         current = state
         for t in range(T):
             gates = nn.functional.linear(x[t], weight_ih, bias) if first_gates else None
-            y, current = lstm.step(None if first_gates else x[t], current, first_gates=gates)
+            y, current = decoder_step(lstm, None if first_gates else x[t], current, first_gates=gates)
             torch.testing.assert_close(y, y_ref[t], atol=ATOL, rtol=0)
         torch.testing.assert_close(current[0], h_ref, atol=ATOL, rtol=0)
         torch.testing.assert_close(current[1], c_ref, atol=ATOL, rtol=0)
