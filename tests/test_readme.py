@@ -1,0 +1,56 @@
+"""The README's result tables say what the JSON records in results/ say: each figure is recomputed from the
+record it came from and compared with the table cell, as printed."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def record(name: str) -> dict:
+    return json.loads((ROOT / "results" / name).read_text(encoding="utf-8"))
+
+
+def row(first_cell: str) -> list[str]:
+    """The cells of the README table row whose first cell is first_cell (bold marks removed)."""
+    for line in README.splitlines():
+        cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].replace("`", "") == first_cell:
+            return cells
+    raise AssertionError(f"no README table row starts with {first_cell!r}")
+
+
+def mean_std(values: list[float]) -> str:
+    """mean ± sample standard deviation, one decimal, as the README prints it."""
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def test_ptb_small_table_is_its_record():
+    ptb = record("ptb-small.json")
+    assert row("this toolkit, 13 epochs")[1:3] == [f"{ptb['valid_ppl']:.2f}", f"{ptb['test_ppl']:.2f}"]
+    assert row("train ppl")[1:] == [f"{e['train_ppl']:.1f}" for e in ptb["epochs"]]
+    assert row("valid ppl")[1:] == [f"{e['valid_ppl']:.1f}" for e in ptb["epochs"]]
+
+
+@pytest.mark.parametrize("first_cell, name", [
+    ("attentional vector dropped (the table)", "wmt14_enfr-demo-placement-seed0.json"),
+])
+def test_demo_translation_rows_are_their_records(first_cell, name):
+    demo = record(name)
+    cells = row(first_cell)
+    assert cells[2] == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
+    assert cells[3:5] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"] and name in cells[5]
+
+
+def test_demo_rows_of_the_earlier_placement_are_their_records():
+    rows = [line for line in README.splitlines() if line.startswith("| query dropped, h~ not | ")]
+    for line, seed in zip(rows, (0, 1)):
+        demo = record(f"wmt14_enfr-demo-seed{seed}.json")
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert cells[2] == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
+        assert cells[3:5] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"]
+    assert len(rows) == 2
