@@ -30,6 +30,7 @@ from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, p
 from seq2seq.language_model import LanguageModel, evaluate_nll
 from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
+from seq2seq.roofline import language_model_step, speed_record
 from seq2seq.schedule import step_decay_lr
 from seq2seq.training_state import (add_run_flags, check_finite, check_run, clip_gradients, provenance,
                                     start_training)
@@ -191,12 +192,23 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "config": dataclasses.asdict(preset), "epochs": state["history"], "valid_ppl": state["history"][-1]["valid_ppl"],
         "test_ppl": test_ppl, "wall_time_s": wall_time, "train_time_s": state["train_time"], "steps": state["step"],
-        **provenance(args, accelerator),
+        "speed": speed(state, preset, args, accelerator), **provenance(args, accelerator),
     }
     if accelerator.is_main_process:
         write_outputs(args.output_dir, accelerator.unwrap_model(model), preset, vocabulary, results)
     accelerator.end_training()
     return results
+
+
+def speed(state: dict, preset: LMPreset, args, accelerator) -> dict:
+    """Training words/s (all processes) against this machine's GEMM-bound ceiling for the step (seq2seq.roofline)."""
+    t, m = preset.training, preset.model
+    words = state["step"] * t.unroll * t.batch_size  # each process's columns are batch_size / processes wide
+    products = language_model_step(t.batch_size // accelerator.num_processes, t.unroll, m.hidden_size, m.num_layers,
+                                   m.vocab_size)
+    per_step = t.unroll * t.batch_size // accelerator.num_processes
+    return speed_record(words / max(state["train_time"], 1e-9), per_step * accelerator.num_processes, products,
+                        args.mixed_precision, accelerator.device.type)
 
 
 def write_outputs(output_dir: Path, model, preset: LMPreset, vocabulary: Vocabulary, results: dict) -> None:

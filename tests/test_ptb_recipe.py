@@ -29,6 +29,10 @@ def test_tiny_run_learns_and_writes_everything(word_corpus, tmp_path):
     assert [row["epoch"] for row in on_disk["epochs"]] == [1, 2, 3]
     assert set(on_disk["epochs"][0]) >= {"epoch", "train_ppl", "valid_ppl", "lr", "words_per_sec"}
     assert on_disk["versions"]["torch"] == torch.__version__ and on_disk["wall_time_s"] > 0
+    speed = on_disk["speed"]  # achieved words/s against this machine's GEMM-bound ceiling
+    assert speed["efficiency"] == pytest.approx(speed["units_per_sec"] / speed["ceiling_units_per_sec"])
+    assert speed["units_per_sec"] == pytest.approx(on_disk["steps"] * 5 * 4 / on_disk["train_time_s"])  # unroll x batch
+    assert speed["precision"] == "fp32" and speed["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert [row["lr"] for row in on_disk["epochs"]] == [1.0, 1.0, 0.5]  # tiny: halve after epoch 1
     # 25 words; the cycle makes each next word nearly certain, so perplexity falls far below 25.
     assert on_disk["epochs"][-1]["valid_ppl"] < on_disk["epochs"][0]["train_ppl"]

@@ -1,0 +1,141 @@
+"""Training throughput of each workload against its GEMM-bound ceiling on this machine (seq2seq.roofline).
+
+    python benchmarks/roofline.py [--steps 20] [--workloads ptb-small ptb-medium demo timit] [--no-bf16]
+
+For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
+(and bf16 where the CPU has AVX512-BF16 / AMX), give the ceiling; the same step of the toolkit's model (forward,
+backward, clipping, optimiser update) timed over --steps steps gives the achieved rate; efficiency is their
+ratio. Data are random ids / features of the preset's shapes: speed does not depend on the words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+from torch import nn
+
+from seq2seq.acoustic_model import AcousticModel
+from seq2seq.devices import bf16_supported
+from seq2seq.language_model import LanguageModel
+from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
+from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, translator_step
+from seq2seq.tokenizer import BOS
+from seq2seq.translator import Translator
+
+TIMIT_FRAMES, DEMO_BATCH, DEMO_SRC, DEMO_TGT, DEMO_VOCAB = 300, 110, 16, 19, 4000  # Multi30k-like shapes
+
+
+def timed(step, steps: int) -> float:
+    """Seconds per step: two warm-up steps, then the median of `steps` timed ones."""
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def ptb(name: str, bf16: bool):
+    preset = LM_PRESETS[name]()
+    t = preset.training
+    model = LanguageModel(preset.model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    tokens = torch.randint(0, preset.model.vocab_size, (t.unroll + 1, t.batch_size))
+    state = model.lstm.zero_state(t.batch_size)
+
+    def step():
+        nonlocal state
+        state = tuple(s.detach() for s in state)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            nll, state = model(tokens[:-1], state, tokens[1:])
+        optimizer.zero_grad(set_to_none=True)
+        (nll / t.batch_size).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+
+    products = language_model_step(t.batch_size, t.unroll, preset.model.hidden_size, preset.model.num_layers,
+                                   preset.model.vocab_size)
+    return step, t.unroll * t.batch_size, "words", products
+
+
+def demo(bf16: bool):
+    preset = TRANSLATION_PRESETS["demo"]()
+    config = dataclasses.replace(preset.model, src_vocab_size=DEMO_VOCAB, tgt_vocab_size=DEMO_VOCAB)
+    model = Translator(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    src = torch.randint(4, DEMO_VOCAB, (DEMO_SRC, DEMO_BATCH))
+    lengths = torch.full((DEMO_BATCH,), DEMO_SRC)
+    body = torch.randint(4, DEMO_VOCAB, (DEMO_TGT - 1, DEMO_BATCH))
+    tgt_in, tgt_out = torch.cat([torch.full((1, DEMO_BATCH), BOS), body]), torch.cat([body, body[:1]])
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
+        (loss / count).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    products = translator_step(DEMO_BATCH, DEMO_SRC, DEMO_TGT, config.embedding_size, config.hidden_size,
+                               config.num_layers, DEMO_VOCAB, config.attention, config.bidirectional_encoder)
+    return step, DEMO_TGT * DEMO_BATCH, "target tokens", products
+
+
+def timit(bf16: bool):
+    preset = ACOUSTIC_PRESETS["default"]()
+    c, batch = preset.model, preset.training.batch_size
+    model = AcousticModel(c).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    features, lengths = torch.randn(TIMIT_FRAMES, batch, c.input_size), torch.full((batch,), TIMIT_FRAMES)
+    labels = torch.randint(0, 48, (TIMIT_FRAMES, batch))
+    no_phones = torch.zeros(batch, 1, dtype=torch.long), torch.ones(batch, dtype=torch.long)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(features, lengths)
+        loss, count = model.loss(logits, lengths, labels, *no_phones)
+        (loss / count).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    products = acoustic_model_step(TIMIT_FRAMES, batch, c.input_size, c.hidden_size, c.num_layers, c.num_classes,
+                                   c.bidirectional)
+    return step, TIMIT_FRAMES * batch, "frames", products
+
+
+WORKLOADS = {"ptb-small": lambda bf16: ptb("small", bf16), "ptb-medium": lambda bf16: ptb("medium", bf16),
+             "demo": demo, "timit": timit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    precisions = ["fp32"] + (["bf16"] if bf16_supported(torch.device("cpu")) and not args.no_bf16 else [])
+    print(f"torch {torch.__version__} | CPU {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} "
+          f"threads | bf16 {'supported' if 'bf16' in precisions else 'not supported: fp32 only'}")
+    print(f"{'workload':<11} {'precision':<9} {'GFLOP/step':>10} {'ceiling units/s':>16} {'achieved':>10} "
+          f"{'efficiency':>10}  unit")
+    for name in args.workloads:
+        for precision in precisions:
+            bf16 = precision == "bf16"
+            step, units, unit, products = WORKLOADS[name](bf16)
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            ceiling = units / ceiling_seconds(products, dtype)
+            achieved = units / timed(step, args.steps)
+            flops = sum(p.flops() for p in products) / 1e9
+            print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} {achieved / ceiling:10.0%}"
+                  f"  {unit}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

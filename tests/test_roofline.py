@@ -1,0 +1,33 @@
+"""The roofline's arithmetic: FLOP counts of a step against hand counts, and ceilings that add up."""
+
+import pytest
+
+from seq2seq.roofline import (Product, ceiling_seconds, language_model_step, linear, lstm_layer, measured_rate, rate,
+                              translator_step)
+
+
+def test_ptb_small_step_is_the_papers_arithmetic():
+    """2 x 200, batch 20, unroll 20, 10k words: softmax 3 x 2 x 400 x 200 x 10,000 = 4.8 GFLOP; each LSTM layer
+    3 x 2 x 400 x 200 x 800 for W_ih and the same again for W_hh over 20 steps: 6.336 GFLOP in all."""
+    products = language_model_step(batch=20, unroll=20, hidden=200, layers=2, vocab=10_000)
+    assert sum(p.flops() for p in linear(400, 200, 10_000)) == 4.8e9
+    assert sum(p.flops() for p in products) == pytest.approx(6.336e9)
+    assert sum(p.flops() for p in lstm_layer(20, 20, 200, 200, backward=False)) == 2 * 2 * 400 * 200 * 800
+
+
+def test_a_bidirectional_layer_counts_both_directions_and_inference_only_the_forward():
+    one = sum(p.flops() for p in lstm_layer(10, 4, 8, 6, directions=1))
+    assert sum(p.flops() for p in lstm_layer(10, 4, 8, 6, directions=2)) == 2 * one
+    assert sum(p.flops() for p in lstm_layer(10, 4, 8, 6, backward=False)) * 3 == one
+    attention = sum(p.flops() for p in translator_step(2, 5, 7, 8, 8, 1, 30, attention=True))
+    assert attention > sum(p.flops() for p in translator_step(2, 5, 7, 8, 8, 1, 30, attention=False))
+
+
+def test_the_ceiling_is_the_sum_of_each_products_own_time():
+    measured_rate.cache_clear()
+    big, small = Product(256, 256, 256), Product(4, 64, 256, times=50)
+    assert rate(256, 256, 256) > 0 and rate(4, 64, 256) > 0
+    both = ceiling_seconds([big, small])
+    assert both == pytest.approx(big.flops() / rate(256, 256, 256) + small.flops() / rate(4, 64, 256))
+    assert ceiling_seconds([big, big]) == pytest.approx(2 * ceiling_seconds([big]))
+    assert ceiling_seconds([Product(256, 256, 256, times=3)]) == pytest.approx(3 * ceiling_seconds([big]))
