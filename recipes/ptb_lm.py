@@ -15,6 +15,7 @@ import dataclasses
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.roofline import language_model_step, speed_record
 from seq2seq.schedule import step_decay_lr
-from seq2seq.training_state import (add_run_flags, check_finite, check_run, clip_gradients, provenance,
+from seq2seq.training_state import (Progress, add_run_flags, check_finite, check_run, clip_gradients, provenance,
                                     start_training)
 
 
@@ -103,14 +104,22 @@ def train_window(model, optimizer, inputs, targets, hidden, training, accelerato
     return hidden, nll.item()
 
 
-def train(model, optimizer, train_data, streams, preset, args, accelerator) -> dict:
+@dataclass
+class LMProgress(Progress):
+    """Progress plus the current epoch's running NLL, token count and training seconds (all processes' words)."""
+
+    nll: float = 0.0
+    tokens: int = 0
+    epoch_time: float = 0.0
+
+
+def train(model, optimizer, train_data, streams, preset, args, accelerator) -> LMProgress:
     """Epochs of truncated BPTT, resumable mid-epoch: state holds the step, the window position, the
     epoch's running NLL; the carried LSTM state travels in the checkpoint with the RNG states."""
     training = preset.training
     starts = window_starts(len(train_data), training.unroll)
     total = min(len(starts) * training.epochs, args.max_steps or 10**12)
-    fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "nll": 0.0, "tokens": 0, "epoch_time": 0.0,
-             "train_time": 0.0}
+    fresh = LMProgress()
     hidden = None
     session = start_training(model, optimizer, accelerator, args.output_dir, args, fresh, total,
                              ("train_time", "epoch_time"),
@@ -119,26 +128,27 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
     if session.carried:
         hidden = (session.carried["h"].to(accelerator.device), session.carried["c"].to(accelerator.device))
     with session:
-        while state["epoch"] < training.epochs and state["step"] < total:
-            lr = step_decay_lr(state["epoch"] + 1, training.lr, training.lr_decay, training.decay_after)
+        while state.epoch < training.epochs and state.step < total:
+            lr = step_decay_lr(state.epoch + 1, training.lr, training.lr_decay, training.decay_after)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            while state["position"] < len(starts) and state["step"] < total:
-                inputs, targets = window(train_data, starts[state["position"]], training.unroll)
+            while state.position < len(starts) and state.step < total:
+                inputs, targets = window(train_data, starts[state.position], training.unroll)
                 hidden, nll = train_window(model, optimizer, inputs, targets, hidden, training, accelerator,
-                                           state["step"] + 1, session.checkpointer)
-                state["position"], state["step"] = state["position"] + 1, state["step"] + 1
-                state["nll"], state["tokens"] = state["nll"] + nll, state["tokens"] + targets.numel()
-                session.stepped(epoch=state["epoch"] + 1, ppl=f"{math.exp(state['nll'] / state['tokens']):.1f}",
+                                           state.step + 1, session.checkpointer)
+                state.position, state.step = state.position + 1, state.step + 1
+                state.nll, state.tokens = state.nll + nll, state.tokens + targets.numel()
+                session.stepped(epoch=state.epoch + 1, ppl=f"{math.exp(state.nll / state.tokens):.1f}",
                                 lr=f"{lr:.4g}")
             with session.clock.paused():
                 end_of_epoch(model, streams, preset, accelerator, state, lr, session)
-                if state["position"] >= len(starts):
-                    state.update(epoch=state["epoch"] + 1, position=0, nll=0.0, tokens=0, epoch_time=0.0)
+                if state.position >= len(starts):
+                    state.epoch, state.position = state.epoch + 1, 0
+                    state.nll, state.tokens, state.epoch_time = 0.0, 0, 0.0
                     hidden = None
             session.save()
-            done = len(state["history"])
-            if args.time_budget and done and state["train_time"] * (done + 1) / done > args.time_budget:
+            done = len(state.history)
+            if args.time_budget and done and state.train_time * (done + 1) / done > args.time_budget:
                 break  # at the average epoch time so far, the next epoch would not fit
     return state
 
@@ -146,15 +156,15 @@ def train(model, optimizer, train_data, streams, preset, args, accelerator) -> d
 def end_of_epoch(model, streams, preset, accelerator, state, lr, session) -> None:
     """Train perplexity over all processes' columns, validation perplexity, one history row."""
     training = preset.training
-    totals = accelerator.reduce(torch.tensor([state["nll"], state["tokens"]], dtype=torch.float64,
+    totals = accelerator.reduce(torch.tensor([state.nll, state.tokens], dtype=torch.float64,
                                              device=accelerator.device), "sum")
     train_ppl = math.exp(totals[0].item() / totals[1].item())
     valid_ppl = perplexity(model, streams["valid"], training.eval_batch_size, training.unroll, accelerator)
-    row = {"epoch": state["epoch"] + 1, "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": lr,
-           "words_per_sec": totals[1].item() / max(state["epoch_time"], 1e-9), "step": state["step"]}
-    state["history"].append(row)
+    row = {"epoch": state.epoch + 1, "train_ppl": train_ppl, "valid_ppl": valid_ppl, "lr": lr,
+           "words_per_sec": totals[1].item() / max(state.epoch_time, 1e-9), "step": state.step}
+    state.history.append(row)
     session.write(f"epoch {row['epoch']:3d} | train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.4g} "
-                  f"| {row['words_per_sec']:6.0f} words/s | {state['train_time']:6.0f} s")
+                  f"| {row['words_per_sec']:6.0f} words/s | {state.train_time:6.0f} s")
 
 
 @exits_cleanly
@@ -190,8 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     wall_time = time.time() - started
     accelerator.print(f"test ppl {test_ppl:.2f} (paper {preset.paper_test_ppl}) | {wall_time:.0f} s")
     results = {
-        "config": dataclasses.asdict(preset), "epochs": state["history"], "valid_ppl": state["history"][-1]["valid_ppl"],
-        "test_ppl": test_ppl, "wall_time_s": wall_time, "train_time_s": state["train_time"], "steps": state["step"],
+        "config": dataclasses.asdict(preset), "epochs": state.history, "valid_ppl": state.history[-1]["valid_ppl"],
+        "test_ppl": test_ppl, "wall_time_s": wall_time, "train_time_s": state.train_time, "steps": state.step,
         "speed": speed(state, preset, args, accelerator), **provenance(args, accelerator),
     }
     if accelerator.is_main_process:
@@ -203,11 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
 def speed(state: dict, preset: LMPreset, args, accelerator) -> dict:
     """Training words/s (all processes) against this machine's GEMM-bound ceiling for the step (seq2seq.roofline)."""
     t, m = preset.training, preset.model
-    words = state["step"] * t.unroll * t.batch_size  # each process's columns are batch_size / processes wide
+    words = state.step * t.unroll * t.batch_size  # each process's columns are batch_size / processes wide
     products = language_model_step(t.batch_size // accelerator.num_processes, t.unroll, m.hidden_size, m.num_layers,
                                    m.vocab_size)
     per_step = t.unroll * t.batch_size // accelerator.num_processes
-    return speed_record(words / max(state["train_time"], 1e-9), per_step * accelerator.num_processes, products,
+    return speed_record(words / max(state.train_time, 1e-9), per_step * accelerator.num_processes, products,
                         args.mixed_precision, accelerator.device.type)
 
 

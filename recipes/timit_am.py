@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,8 +37,8 @@ from seq2seq.speech.features import (FeatureConfig, FeatureSet, cached_extract, 
 from seq2seq.speech.phones import FOLD_48_TO_39
 from seq2seq.speech.scoring import phone_error_rate, score_utterance
 from seq2seq.speech.timit import find_utterances, split_speakers
-from seq2seq.training_state import (add_run_flags, check_finite, check_run, clip_gradients, load_best, provenance,
-                                    start_training)
+from seq2seq.training_state import (Progress, add_run_flags, check_finite, check_run, clip_gradients, load_best,
+                                    provenance, start_training)
 
 
 TRAINING_FLAGS = ("preset", "config", "overrides", "objective", "dropout_mode", "dropout", "epochs", "max_steps", "seed",
@@ -132,28 +133,34 @@ def evaluate(model, data: FeatureSet, preset: AcousticPreset, accelerator, beam:
 
 # --- Training ---
 
+@dataclass
+class AMProgress(Progress):
+    """Progress plus the training frames seen (all processes), for frames/s."""
+
+    frames: int = 0
+
+
 def train(model, optimizer, data, preset, args, accelerator, output_dir: Path) -> dict:
     training, corpus = preset.training, data["train"]
     per_epoch = math.ceil(len(batches(corpus, training.batch_size)) / accelerator.num_processes)
     total = min(per_epoch * training.epochs, args.max_steps or 10**12)
-    fresh = {"step": 0, "epoch": 0, "position": 0, "history": [], "best": None, "train_time": 0.0, "frames": 0}
-    session = start_training(model, optimizer, accelerator, output_dir, args, fresh, total)
+    session = start_training(model, optimizer, accelerator, output_dir, args, AMProgress(), total)
     state = session.state
     with session:
-        while state["epoch"] < training.epochs and state["step"] < total:
-            order = batches(corpus, training.batch_size, args.seed, state["epoch"])
+        while state.epoch < training.epochs and state.step < total:
+            order = batches(corpus, training.batch_size, args.seed, state.epoch)
             mine = shard_evenly(order, accelerator.num_processes, accelerator.process_index)
-            while state["position"] < len(mine) and state["step"] < total:
-                batch = padded_batch(corpus, mine[state["position"]], accelerator.device)
-                loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1, session.checkpointer)
-                state["step"] += 1
-                state["position"] += 1
-                state["frames"] += int(batch["lengths"].sum()) * accelerator.num_processes
-                session.stepped(epoch=state["epoch"] + 1, loss=f"{loss:.3f}",
-                                frames_s=f"{state['frames'] / session.clock.seconds():.0f}")
+            while state.position < len(mine) and state.step < total:
+                batch = padded_batch(corpus, mine[state.position], accelerator.device)
+                loss = train_step(model, optimizer, batch, training, accelerator, state.step + 1, session.checkpointer)
+                state.step += 1
+                state.position += 1
+                state.frames += int(batch["lengths"].sum()) * accelerator.num_processes
+                session.stepped(epoch=state.epoch + 1, loss=f"{loss:.3f}",
+                                frames_s=f"{state.frames / session.clock.seconds():.0f}")
             with session.clock.paused():
-                if state["position"] >= len(mine):
-                    state["epoch"], state["position"] = state["epoch"] + 1, 0
+                if state.position >= len(mine):
+                    state.epoch, state.position = state.epoch + 1, 0
                 end_of_epoch(model, data, preset, accelerator, output_dir, session)
                 session.checkpointer.save(model, optimizer, state)
     return state
@@ -175,12 +182,12 @@ def train_step(model, optimizer, batch, training, accelerator, step: int, checkp
 def end_of_epoch(model, data, preset, accelerator, output_dir, session) -> None:
     """Dev scores; the best model (frame accuracy, or -PER under CTC) goes to OUTPUT/model."""
     state, dev = session.state, evaluate(model, data["dev"], preset, accelerator)
-    state["history"].append({"epoch": state["epoch"], "step": state["step"],
+    state.history.append({"epoch": state.epoch, "step": state.step,
                              **{f"dev_{key}": value for key, value in dev.items()}})
-    improved = session.keep_if_best(dev.get("frame_accuracy", -dev["per"]), "best", lambda: save_acoustic_model(
+    improved = session.keep_if_best(dev.get("frame_accuracy", -dev["per"]), lambda: save_acoustic_model(
         output_dir / "model", accelerator.unwrap_model(model), preset))
     accuracy = f"frame acc {dev['frame_accuracy']:.2f}% | " if "frame_accuracy" in dev else ""
-    session.write(f"epoch {state['epoch']:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
+    session.write(f"epoch {state.epoch:3d} | dev loss {dev['loss']:.3f} | {accuracy}PER {dev['per']:.2f}%"
                   f"{' *' if improved else ''}")
 
 
@@ -221,13 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
               lambda: save_acoustic_model(output_dir / "model", accelerator.unwrap_model(model), preset))
     test = evaluate(model, data["test"], preset, accelerator, beam=True)
     wall_time = time.time() - started
-    results = {**test, "dev": state["history"], "steps": state["step"], "train_time_s": state["train_time"],
+    results = {**test, "dev": state.history, "steps": state.step, "train_time_s": state.train_time,
                "wall_time_s": wall_time, "train_frames": len(data["train"].features),
                "config": dataclasses.asdict(preset), **provenance(args, accelerator)}
     accelerator.print(f"test: {describe(test)} | {wall_time:.0f} s")
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
-        plot(output_dir / "curves.png", state["history"], preset, test)
+        plot(output_dir / "curves.png", state.history, preset, test)
     return results
 
 

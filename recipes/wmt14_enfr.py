@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -38,8 +39,8 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.shortlist import SHORTLIST_NAME
-from seq2seq.training_state import (Checkpointer, add_run_flags, check_finite, check_run, clip_gradients, load_best,
-                                    provenance, start_training)
+from seq2seq.training_state import (Checkpointer, Progress, add_run_flags, check_finite, check_run, clip_gradients,
+                                    load_best, provenance, start_training)
 from seq2seq.translator import Translator
 
 
@@ -110,6 +111,14 @@ def learning_rate(training, step: int, epoch_progress: float, total_steps: int) 
 
 # --- Training ---
 
+@dataclass
+class MTProgress(Progress):
+    """Progress plus the target tokens trained on (all processes) and when the first update came (s after launch)."""
+
+    tokens: int = 0
+    first_update_s: float | None = None
+
+
 def train(model, optimizer, corpus: PreparedCorpus, preset, args, accelerator, output_dir) -> dict:
     """The update loop, resumable mid-epoch: state holds the step, the position in the epoch's seeded
     batch order, the dev history and the best score; checkpoints every --checkpoint-every updates and
@@ -119,49 +128,49 @@ def train(model, optimizer, corpus: PreparedCorpus, preset, args, accelerator, o
     per_epoch = math.ceil(len(token_batches(src_lengths, tgt_lengths, training.max_tokens,
                                             max_sentences=training.max_sentences)) / accelerator.num_processes)
     total = min(int(per_epoch * training.epochs / training.gradient_accumulation_steps), args.max_steps or 10**12)
-    fresh = {"step": 0, "epoch": 0, "position": 0, "dev": [], "best_bleu": -1.0, "tokens": 0, "train_time": 0.0}
-    session, first_update = start_training(model, optimizer, accelerator, output_dir, args, fresh, total), None
+    session, first_update = start_training(model, optimizer, accelerator, output_dir, args, MTProgress(), total), None
     state = session.state
     with session:
-        while state["step"] < total:
+        while state.step < total:
             batches = token_batches(src_lengths, tgt_lengths, training.max_tokens, max_sentences=training.max_sentences,
-                                    seed=args.seed, epoch=state["epoch"])
+                                    seed=args.seed, epoch=state.epoch)
             mine = shard_evenly(batches, accelerator.num_processes, accelerator.process_index)
-            while state["position"] < len(mine) and state["step"] < total:
-                batch = pairs.batch(mine[state["position"]]).to(accelerator.device)
-                state["position"] += 1
-                lr = learning_rate(training, state["step"], state["epoch"] + state["position"] / len(mine), total)
+            while state.position < len(mine) and state.step < total:
+                batch = pairs.batch(mine[state.position]).to(accelerator.device)
+                state.position += 1
+                lr = learning_rate(training, state.step, state.epoch + state.position / len(mine), total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with accelerator.accumulate(model):
-                    loss = train_step(model, optimizer, batch, training, accelerator, state["step"] + 1,
+                    loss = train_step(model, optimizer, batch, training, accelerator, state.step + 1,
                                       session.checkpointer)
-                state["tokens"] += int((batch.tgt_out != 0).sum()) * accelerator.num_processes
+                state.tokens += int((batch.tgt_out != 0).sum()) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
-                state["step"] += 1
+                state.step += 1
                 if first_update is None:
                     first_update = time.time() - psutil.Process().create_time()
                     accelerator.print(f"first update {first_update:.1f} s after launch")
                 session.advance(loss=f"{loss:.3f}", lr=f"{lr:.3g}",
-                                tok_s=f"{state['tokens'] / session.clock.seconds():.0f}")
-                accelerator.log({"train/loss": loss, "train/lr": lr}, step=state["step"])
-                if state["step"] % training.eval_every == 0 or state["step"] == total:
+                                tok_s=f"{state.tokens / session.clock.seconds():.0f}")
+                accelerator.log({"train/loss": loss, "train/lr": lr}, step=state.step)
+                if state.step % training.eval_every == 0 or state.step == total:
                     with session.clock.paused():
                         dev_checkpoint(model, corpus, preset, accelerator, output_dir, session,
-                                       state["epoch"] + state["position"] / len(mine))
+                                       state.epoch + state.position / len(mine))
                 session.checkpoint_if_due()
-            if state["position"] >= len(mine):  # epoch end: the next one starts from its own seeded order
-                state["epoch"], state["position"] = state["epoch"] + 1, 0
+            if state.position >= len(mine):  # epoch end: the next one starts from its own seeded order
+                state.epoch, state.position = state.epoch + 1, 0
                 if accelerator.sync_gradients:
                     session.save()
     session.clock.stop()
-    if not state["dev"] or state["dev"][-1]["step"] != state["step"]:  # the final model is always scored
-        dev_checkpoint(model, corpus, preset, accelerator, output_dir, session, state["epoch"])
+    if not state.history or state.history[-1]["step"] != state.step:  # the final model is always scored
+        dev_checkpoint(model, corpus, preset, accelerator, output_dir, session, state.epoch)
     latest = session.checkpointer.latest()
-    if latest is None or not latest.name.endswith(f"{state['step']:09d}"):  # the final state, for the record
+    if latest is None or not latest.name.endswith(f"{state.step:09d}"):  # the final state, for the record
         session.checkpointer.save(model, optimizer, state)
-    return {**state, "first_update_s": first_update}
+    state.first_update_s = first_update
+    return state
 
 
 def train_step(model, optimizer, batch, training, accelerator, step: int, checkpointer) -> float:
@@ -180,11 +189,11 @@ def dev_checkpoint(model, corpus, preset, accelerator, output_dir, session, epoc
     """Dev perplexity and greedy BLEU; the best model by dev BLEU is kept in OUTPUT/model."""
     state = session.state
     scores, _ = evaluate(model, corpus, preset, accelerator, beam=False, split="valid")
-    row = {"step": state["step"], "epoch": epoch, "ppl": scores["ppl"], "bleu": scores["bleu"],
-           "chrf": scores["chrf"], "train_tokens_per_sec": state["tokens"] / max(state["train_time"], 1e-9)}
-    state["dev"].append(row)
-    accelerator.log({"dev/ppl": row["ppl"], "dev/bleu": row["bleu"], "dev/chrf": row["chrf"]}, step=state["step"])
-    improved = session.keep_if_best(scores["bleu"], "best_bleu", lambda: save_translator(
+    row = {"step": state.step, "epoch": epoch, "ppl": scores["ppl"], "bleu": scores["bleu"],
+           "chrf": scores["chrf"], "train_tokens_per_sec": state.tokens / max(state.train_time, 1e-9)}
+    state.history.append(row)
+    accelerator.log({"dev/ppl": row["ppl"], "dev/bleu": row["bleu"], "dev/chrf": row["chrf"]}, step=state.step)
+    improved = session.keep_if_best(scores["bleu"], lambda: save_translator(
         output_dir / "model", accelerator.unwrap_model(model), preset, corpus.src_tok, corpus.tgt_tok))
     session.write(f"step {row['step']:6d} | epoch {row['epoch']:.2f} | dev ppl {row['ppl']:.2f} | dev BLEU "
                   f"{row['bleu']:.2f} (greedy){' *' if improved else ''} | {row['train_tokens_per_sec']:.0f} tok/s")
@@ -237,9 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{test['bleu_signature']}\n{test['chrf_signature']}\n{wall_time:.0f} s")
     results = {
         "bleu": test["bleu"], "chrf": test["chrf"], "bleu_signature": test["bleu_signature"],
-        "chrf_signature": test["chrf_signature"], "test_ppl": test["ppl"], "dev": state["dev"],
-        "best_dev_bleu": state["best_bleu"], "steps": state["step"], "train_time_s": state["train_time"],
-        "first_update_s": state["first_update_s"], "wall_time_s": wall_time,
+        "chrf_signature": test["chrf_signature"], "test_ppl": test["ppl"], "dev": state.history,
+        "best_dev_bleu": state.best, "steps": state.step, "train_time_s": state.train_time,
+        "first_update_s": state.first_update_s, "wall_time_s": wall_time,
         "src_lang": preset.data.src_lang, "tgt_lang": preset.data.tgt_lang, "prepared": str(corpus.directory),
         "config": dataclasses.asdict(preset), **provenance(args, accelerator),
     }
@@ -249,9 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(output_dir / "results.json", results)
         atomic_write(output_dir / "test.hyp",
                      lambda temporary: Path(temporary).write_text("\n".join(hypotheses) + "\n", encoding="utf-8"))
-        plot_curves(output_dir / "curves.png", [r["step"] for r in state["dev"]],
-                    {"dev BLEU (greedy)": [r["bleu"] for r in state["dev"]], "dev chrF": [r["chrf"] for r in state["dev"]],
-                     "dev ppl": [r["ppl"] for r in state["dev"]]}, xlabel="update", ylabel="score",
+        plot_curves(output_dir / "curves.png", [r["step"] for r in state.history],
+                    {"dev BLEU (greedy)": [r["bleu"] for r in state.history], "dev chrF": [r["chrf"] for r in state.history],
+                     "dev ppl": [r["ppl"] for r in state.history]}, xlabel="update", ylabel="score",
                     title=f"test BLEU {results['bleu']:.1f} / chrF {results['chrf']:.1f} (beam)")
     accelerator.end_training()
     return results

@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import accelerate
@@ -34,6 +35,24 @@ from .config import write_config
 from .errors import UserError, positive
 
 RUN_FILE = "run.json"
+
+
+@dataclass
+class Progress:
+    """Where a run stands: saved as each checkpoint's progress.json and restored on resume. A recipe subclasses it
+    with what its own loop carries (running sums, counters)."""
+
+    step: int = 0  # updates done
+    epoch: int = 0  # epochs finished
+    position: int = 0  # batches of the current epoch done (this process's share)
+    train_time: float = 0.0  # seconds of training; evaluation and checkpoints excluded
+    history: list[dict] = field(default_factory=list)  # one row per evaluation
+    best: float | None = None  # the best dev score so far (higher is better)
+
+    @classmethod
+    def from_json(cls, payload: dict) -> Progress:
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in payload.items() if key in names})
 
 
 def rng_state() -> dict:
@@ -80,9 +99,9 @@ class Checkpointer:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, model, optimizer, progress: dict, tensors: dict | None = None) -> Path:
+    def save(self, model, optimizer, progress: Progress, tensors: dict | None = None) -> Path:
         acc = self.accelerator
-        final = self.root / f"step-{progress['step']:09d}"
+        final = self.root / f"step-{progress.step:09d}"
         temporary = self.root / f".{final.name}.partial"
         if acc.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -94,7 +113,7 @@ class Checkpointer:
         torch.save({"rng": rng_state(), "tensors": tensors or {}}, temporary / f"rank-{acc.process_index}.pt")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_json(temporary / "progress.json", {**progress, "num_processes": acc.num_processes})
+            write_json(temporary / "progress.json", {**asdict(progress), "num_processes": acc.num_processes})
             replace_directory(temporary, final)
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -102,7 +121,7 @@ class Checkpointer:
         return final
 
     def load(self, path: Path, model, optimizer) -> tuple[dict, dict]:
-        """Restore model, optimizer, scaler and this process's RNG; returns (progress, carried tensors)."""
+        """Restore model, optimizer, scaler and this process's RNG; returns (progress.json's fields, carried tensors)."""
         acc = self.accelerator
         progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
         if progress.get("num_processes", 1) != acc.num_processes:
@@ -189,21 +208,21 @@ class Interruption:
 
 
 class TrainingClock:
-    """Seconds spent training, added to state[key] for each key (so they survive a resume); what runs in
+    """Seconds spent training, added to the progress field of each key (so they survive a resume); what runs in
     paused() (checkpoints, evaluation) is not counted."""
 
-    def __init__(self, state: dict, keys: tuple[str, ...] = ("train_time",)):
+    def __init__(self, state: Progress, keys: tuple[str, ...] = ("train_time",)):
         self.state, self.keys, self.started = state, keys, time.time()
 
     def seconds(self) -> float:
         """Training time so far, the running stretch included."""
-        return self.state[self.keys[0]] + time.time() - self.started
+        return getattr(self.state, self.keys[0]) + time.time() - self.started
 
     def stop(self) -> None:
         """Add the running stretch to the state."""
         now = time.time()
         for key in self.keys:
-            self.state[key] += now - self.started
+            setattr(self.state, key, getattr(self.state, key) + now - self.started)
         self.started = now
 
     @contextmanager
@@ -251,17 +270,19 @@ def stop_before_update(what: str, step: int, checkpointer: Checkpointer) -> None
                     f"rate or check the data")
 
 
-def resume(checkpointer: Checkpointer, explicit: Path | None, model, optimizer, fresh: dict) -> tuple[dict, dict]:
+def resume(checkpointer: Checkpointer, explicit: Path | None, model, optimizer, fresh: Progress
+           ) -> tuple[Progress, dict]:
     """Continue from `explicit` (a checkpoint dir), else from the output dir's latest checkpoint, else
-    start with `fresh` progress. Returns (progress, carried tensors)."""
+    start with `fresh` progress. Returns (progress, of fresh's type; carried tensors)."""
     if explicit is not None and not (Path(explicit) / "progress.json").is_file():
         raise UserError(f"{explicit}: not a checkpoint directory (no progress.json) (--resume)")
     path = Path(explicit) if explicit is not None else checkpointer.latest()
     if path is None:
         return fresh, {}
-    progress, tensors = checkpointer.load(path, model, optimizer)
-    checkpointer.accelerator.print(f"resuming from {path}: step {progress['step']}, epoch {progress['epoch']}, "
-                                   f"batch {progress['position']} of that epoch")
+    payload, tensors = checkpointer.load(path, model, optimizer)
+    progress = type(fresh).from_json(payload)
+    checkpointer.accelerator.print(f"resuming from {path}: step {progress.step}, epoch {progress.epoch}, "
+                                   f"batch {progress.position} of that epoch")
     return progress, tensors
 
 
@@ -294,30 +315,30 @@ class TrainingSession:
     clock, SIGTERM / Ctrl-C handling, checkpoints every --checkpoint-every updates, the best model kept.
 
         with start_training(model, optimizer, accelerator, output_dir, args, fresh, total) as session:
-            state = session.state                     # the resumable progress (progress.json of a checkpoint)
-            ... one update ...; state["step"] += 1
+            state = session.state                     # a Progress: what a checkpoint's progress.json holds
+            ... one update ...; state.step += 1
             session.stepped(loss=...)                 # progress bar; a checkpoint when due or when stopping
     """
 
-    def __init__(self, model, optimizer, accelerator, output_dir: Path, args, fresh: dict, total: int,
+    def __init__(self, model, optimizer, accelerator, output_dir: Path, args, fresh: Progress, total: int,
                  clock_keys: tuple[str, ...] = ("train_time",), tensors=None):
         self.model, self.optimizer, self.accelerator = model, optimizer, accelerator
         self.checkpointer = Checkpointer(output_dir, accelerator, args.keep_checkpoints)
         self.state, self.carried = resume(self.checkpointer, args.resume, model, optimizer, fresh)
         self.every, self.tensors = args.checkpoint_every, tensors or (lambda: {})
-        self.progress = tqdm(total=total, initial=self.state["step"], disable=not accelerator.is_main_process,
-                             unit="step", mininterval=2.0)
+        self.bar = tqdm(total=total, initial=self.state.step, disable=not accelerator.is_main_process, unit="step",
+                        mininterval=2.0)
         self.clock = TrainingClock(self.state, clock_keys)
         self.interruption = Interruption(accelerator)
 
     def __enter__(self) -> TrainingSession:
-        self.progress.__enter__()
+        self.bar.__enter__()
         self.interruption.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.interruption.__exit__(*exc)
-        self.progress.__exit__(*exc)
+        self.bar.__exit__(*exc)
 
     def save(self) -> Path:
         """A checkpoint of the current state; its time is not counted as training time."""
@@ -331,29 +352,29 @@ class TrainingSession:
 
     def advance(self, **postfix) -> None:
         """The progress bar moves one update, showing postfix."""
-        self.progress.update(1)
-        self.progress.set_postfix(refresh=False, **postfix)
+        self.bar.update(1)
+        self.bar.set_postfix(refresh=False, **postfix)
 
     def checkpoint_if_due(self) -> None:
         """A checkpoint every --checkpoint-every updates; on SIGTERM / Ctrl-C one, then a clean stop (UserError)."""
-        save_or_stop(self.interruption, self.state["step"], self.every, self.save)
+        save_or_stop(self.interruption, self.state.step, self.every, self.save)
 
     def write(self, line: str) -> None:
         """A log line above the progress bar (main process only)."""
         if self.accelerator.is_main_process:
-            self.progress.write(line)
+            self.bar.write(line)
 
-    def keep_if_best(self, score: float, key: str, save_model) -> bool:
-        """Record score under state[key] when it beats the best so far, and call save_model() (main process)."""
-        improved = self.state[key] is None or score > self.state[key]
+    def keep_if_best(self, score: float, save_model) -> bool:
+        """Record score as state.best when it beats the best so far, and call save_model() (main process)."""
+        improved = self.state.best is None or score > self.state.best
         if improved:
-            self.state[key] = score
+            self.state.best = score
             if self.accelerator.is_main_process:
                 save_model()
         return improved
 
 
-def start_training(model, optimizer, accelerator, output_dir: Path, args, fresh: dict, total: int,
+def start_training(model, optimizer, accelerator, output_dir: Path, args, fresh: Progress, total: int,
                    clock_keys: tuple[str, ...] = ("train_time",), tensors=None) -> TrainingSession:
     """A TrainingSession, resumed from the output dir's latest checkpoint (or --resume) when there is one."""
     return TrainingSession(model, optimizer, accelerator, output_dir, args, fresh, total, clock_keys, tensors)

@@ -4,6 +4,7 @@ flags (test_ptb_recipe, test_timit_recipe), a missing / weightless / truncated m
 the wrong length (test_translation_recipe), invalid UTF-8 and misaligned files in the reader
 (test_parallel_data), SIGTERM (test_resume)."""
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -221,14 +222,18 @@ def test_unknown_flags_and_values_out_of_range(tmp_path, recipe, flags, message)
 def test_a_checkpoint_overwritten_in_place_is_never_missing(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from seq2seq.training_state import Checkpointer
+    from seq2seq.training_state import Checkpointer, Progress
+
+    @dataclasses.dataclass
+    class Noted(Progress):
+        note: str = ""
 
     accelerator = SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, scaler=None,
                                   wait_for_everyone=lambda: None, unwrap_model=lambda model: model)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     checkpointer = Checkpointer(tmp_path, accelerator)
-    checkpointer.save(model, optimizer, {"step": 5, "note": "first"})
+    checkpointer.save(model, optimizer, Noted(step=5, note="first"))
     rename = Path.rename
 
     def killed_while_moving_the_new_one(self, target):
@@ -238,11 +243,11 @@ def test_a_checkpoint_overwritten_in_place_is_never_missing(tmp_path, monkeypatc
 
     monkeypatch.setattr(Path, "rename", killed_while_moving_the_new_one)
     with pytest.raises(KeyboardInterrupt):
-        checkpointer.save(model, optimizer, {"step": 5, "note": "second"})
+        checkpointer.save(model, optimizer, Noted(step=5, note="second"))
     monkeypatch.setattr(Path, "rename", rename)
     kept = checkpointer.complete()
     assert [p.name for p in kept] == ["step-000000005"]
     assert json.loads((kept[0] / "progress.json").read_text())["note"] == "first"
-    checkpointer.save(model, optimizer, {"step": 5, "note": "third"})
+    checkpointer.save(model, optimizer, Noted(step=5, note="third"))
     assert json.loads((checkpointer.latest() / "progress.json").read_text())["note"] == "third"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000000005"]
