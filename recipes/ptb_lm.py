@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from seq2seq.checkpoint import save_model, write_json
 from seq2seq.config import add_config_flags, configure
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines, window, window_starts
-from seq2seq.devices import use_cpu_cores
+from seq2seq.devices import training_precision, use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.language_model import LanguageModel, evaluate_nll
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     if preset is None:  # --print-config
         return None
     training = preset.training
+    args.mixed_precision = training_precision(args.mixed_precision)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
     use_cpu_cores(accelerator)

@@ -26,7 +26,7 @@ from seq2seq.acoustic_model import OBJECTIVES, AcousticModel
 from seq2seq.checkpoint import write_json
 from seq2seq.config import add_config_flags, configure
 from seq2seq.data.batching import shard_evenly, token_batches
-from seq2seq.devices import use_cpu_cores
+from seq2seq.devices import training_precision, use_cpu_cores
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.plots import plot_curves
@@ -196,6 +196,7 @@ def end_of_epoch(model, data, preset, accelerator, output_dir, session) -> None:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.mixed_precision = training_precision(args.mixed_precision)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
     use_cpu_cores(accelerator)

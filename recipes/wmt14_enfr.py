@@ -31,7 +31,7 @@ from seq2seq.config import add_config_flags, configure
 from seq2seq.data.batching import shard_evenly, token_batches
 from seq2seq.data.options import add_data_flags, data_from_flags
 from seq2seq.data.prepared import PreparedCorpus, prepare
-from seq2seq.devices import use_cpu_cores
+from seq2seq.devices import training_precision, use_cpu_cores
 from seq2seq.errors import ArgumentParser, exits_cleanly, positive, probability
 from seq2seq.evaluation import evaluate
 from seq2seq.model_dir import save_translator
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     if preset is None:  # --print-config
         return None
     output_dir = args.output_dir or Path("runs") / f"wmt14_enfr-{preset.name}"
+    args.mixed_precision = training_precision(args.mixed_precision)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=output_dir,
                               gradient_accumulation_steps=preset.training.gradient_accumulation_steps,
                               log_with="tensorboard" if importlib.util.find_spec("tensorboard") else None)

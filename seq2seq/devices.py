@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -62,8 +63,28 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def training_precision(requested: str, log=None) -> str:
+    """accelerate's mixed_precision for --mixed-precision: `auto` is bf16 where the device that will train serves
+    it in hardware (CUDA with bf16; a CPU with AVX512-BF16 / AMX), else no (fp32); a bf16 request the hardware does
+    not serve runs fp32. The choice is printed in one line (by the first process) and recorded by the recipe."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
+    where = f"{device.type} ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else device.type
+    chosen, why = requested, None
+    if requested in ("auto", "bf16") and not bf16_supported(device):
+        chosen, why = "no", f"bf16 is not supported in hardware on this {where}: training in fp32"
+    elif requested == "auto":
+        chosen, why = "bf16", f"bf16 is supported in hardware on this {where}: training with bf16 autocast"
+    if why and os.environ.get("RANK", "0") == "0":
+        (log or (lambda line: print(line, file=sys.stderr)))(f"--mixed-precision {requested}: {why}")
+    return chosen
+
+
 def choose_dtype(name: str, device: torch.device, warn) -> torch.dtype:
-    """The decoding dtype; a precision the device does not serve falls back to fp32 with one line to `warn`."""
+    """The decoding dtype; `auto` is bf16 where the device serves it in hardware, else fp32; a precision the device
+    does not serve falls back to fp32 with one line to `warn`."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
     dtype = DTYPES[name]
     if dtype == torch.bfloat16 and not bf16_supported(device):
         warn(f"bf16 is not supported in hardware on this {device.type} ({torch.backends.cpu.get_cpu_capability()}); "

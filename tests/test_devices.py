@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from seq2seq.devices import use_cpu_cores
+from seq2seq.devices import choose_dtype, training_precision, use_cpu_cores
 
 
 @pytest.mark.parametrize("cores, local, expected", [(8, "2", 4), (8, "3", 2), (2, "1", 2), (1, "2", 1), (16, None, 8)])
@@ -22,3 +22,27 @@ def test_each_local_process_gets_its_share_of_the_cores(monkeypatch, cores, loca
         assert use_cpu_cores(cpu) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("requested, supported, chosen, line", [
+    ("auto", True, "bf16", "--mixed-precision auto: bf16 is supported in hardware on this cpu"),
+    ("auto", False, "no", "--mixed-precision auto: bf16 is not supported in hardware on this cpu"),
+    ("bf16", False, "no", "--mixed-precision bf16: bf16 is not supported in hardware on this cpu"),
+    ("bf16", True, "bf16", None),
+    ("no", True, "no", None),
+])
+def test_mixed_precision_follows_what_the_hardware_serves(monkeypatch, requested, supported, chosen, line):
+    monkeypatch.setattr("seq2seq.devices.bf16_supported", lambda device: supported)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    lines = []
+    assert training_precision(requested, lines.append) == chosen
+    assert lines == ([] if line is None else lines[:1]) and (line is None or lines[0].startswith(line))
+    assert line is None or "training in fp32" in lines[0] or "bf16 autocast" in lines[0]
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_decoding_dtype_is_bf16_only_where_served(monkeypatch, supported):
+    monkeypatch.setattr("seq2seq.devices.bf16_supported", lambda device: supported)
+    warned = []
+    chosen = choose_dtype("auto", torch.device("cpu"), warned.append)
+    assert chosen == (torch.bfloat16 if supported else torch.float32) and warned == []

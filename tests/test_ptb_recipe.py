@@ -10,6 +10,7 @@ import torch
 from conftest import ROOT, load_recipe
 
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines
+from seq2seq.devices import bf16_supported
 from seq2seq.language_model import evaluate_nll, load_language_model
 
 pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
@@ -63,9 +64,12 @@ def test_every_dropout_mode_trains(word_corpus, tmp_path, mode):
     assert results["test_ppl"] < 25  # better than uniform over the 25 words after 30 steps
 
 
-def test_bf16_mixed_precision_runs_on_cpu(word_corpus, tmp_path):
-    results = run(word_corpus, tmp_path / "bf16", "--mixed-precision", "bf16", "--max-steps", "30")
-    assert results["mixed_precision"] == "bf16" and math.isfinite(results["test_ppl"])
+@pytest.mark.parametrize("requested", ["bf16", "auto"])
+def test_mixed_precision_is_what_the_cpu_serves_and_is_recorded(word_corpus, tmp_path, requested):
+    results = run(word_corpus, tmp_path / "mp", "--mixed-precision", requested, "--max-steps", "30")
+    served = "bf16" if bf16_supported(torch.device("cpu")) else "no"
+    assert results["mixed_precision"] == served and math.isfinite(results["test_ppl"])
+    assert results["speed"]["precision"] == ("bf16" if served == "bf16" else "fp32")
 
 
 def cli(*args):
