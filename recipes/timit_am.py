@@ -31,6 +31,7 @@ from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.errors import ArgumentParser, UserError, exits_cleanly, positive, probability
 from seq2seq.plots import plot_curves
 from seq2seq.presets import ACOUSTIC_PRESETS, AcousticPreset
+from seq2seq.roofline import acoustic_model_step, speed_record
 from seq2seq.model_dir import load_acoustic_model, save_acoustic_model
 from seq2seq.speech.features import (FeatureConfig, FeatureSet, cached_extract, mean_and_inv_std, normalize_per_speaker,
                                      padded_batch)
@@ -231,12 +232,23 @@ def main(argv: list[str] | None = None) -> dict:
     wall_time = time.time() - started
     results = {**test, "dev": state.history, "steps": state.step, "train_time_s": state.train_time,
                "wall_time_s": wall_time, "train_frames": len(data["train"].features),
+               "speed": speed(state, data["train"], preset, args, accelerator),
                "config": dataclasses.asdict(preset), **provenance(args, accelerator)}
     accelerator.print(f"test: {describe(test)} | {wall_time:.0f} s")
     if accelerator.is_main_process:
         write_json(output_dir / "results.json", results)
         plot(output_dir / "curves.png", state.history, preset, test)
     return results
+
+
+def speed(state: AMProgress, train: FeatureSet, preset: AcousticPreset, args, accelerator) -> dict:
+    """Training frames/s against the GEMM-bound ceiling of a batch of mean-length utterances (seq2seq.roofline)."""
+    c, batch = preset.model, preset.training.batch_size // accelerator.num_processes or 1
+    frames = round(sum(train.lengths()) / len(train))
+    products = acoustic_model_step(frames, batch, c.input_size, c.hidden_size, c.num_layers, c.num_classes,
+                                   c.bidirectional)
+    return speed_record(state.frames / max(state.train_time, 1e-9), frames * batch * accelerator.num_processes,
+                        products, args.mixed_precision, accelerator.device.type)
 
 
 def eval_only(args, accelerator) -> dict:

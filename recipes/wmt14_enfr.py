@@ -37,6 +37,7 @@ from seq2seq.evaluation import evaluate
 from seq2seq.model_dir import save_translator
 from seq2seq.plots import plot_curves
 from seq2seq.presets import TRANSLATION_PRESETS, TranslationPreset
+from seq2seq.roofline import speed_record, translator_step
 from seq2seq.schedule import halving_lr, linear_lr
 from seq2seq.shortlist import SHORTLIST_NAME
 from seq2seq.training_state import (Checkpointer, Progress, add_run_flags, check_finite, check_run, clip_gradients,
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         "chrf_signature": test["chrf_signature"], "test_ppl": test["ppl"], "dev": state.history,
         "best_dev_bleu": state.best, "steps": state.step, "train_time_s": state.train_time,
         "first_update_s": state.first_update_s, "wall_time_s": wall_time,
+        "speed": speed(state, corpus.splits["train"], preset, args, accelerator),
         "src_lang": preset.data.src_lang, "tgt_lang": preset.data.tgt_lang, "prepared": str(corpus.directory),
         "config": dataclasses.asdict(preset), **provenance(args, accelerator),
     }
@@ -265,6 +267,20 @@ def main(argv: list[str] | None = None) -> dict:
                     title=f"test BLEU {results['bleu']:.1f} / chrF {results['chrf']:.1f} (beam)")
     accelerator.end_training()
     return results
+
+
+def speed(state: MTProgress, pairs, preset: TranslationPreset, args, accelerator) -> dict:
+    """Training target tokens/s against the GEMM-bound ceiling of the epoch's mean batch (sentences, padded source
+    and target lengths, target tokens; seq2seq.roofline)."""
+    training, c = preset.training, preset.model
+    src, tgt = pairs.src_lengths() + 1, pairs.tgt_lengths() + 1  # with </s>
+    plan = token_batches(src - 1, tgt - 1, training.max_tokens, max_sentences=training.max_sentences, seed=args.seed)
+    mean = [sum(f(b) for b in plan) / len(plan) for f in (len, lambda b: src[b].max(), lambda b: tgt[b].max(),
+                                                           lambda b: tgt[b].sum())]
+    products = translator_step(round(mean[0]), round(mean[1]), round(mean[2]), c.embedding_size, c.hidden_size,
+                               c.num_layers, c.tgt_vocab_size, c.attention, c.bidirectional_encoder)
+    return speed_record(state.tokens / max(state.train_time, 1e-9), mean[3], products, args.mixed_precision,
+                        accelerator.device.type)
 
 
 def score_average(model, corpus, preset, args, accelerator, output_dir: Path) -> dict:

@@ -40,6 +40,9 @@ def test_frame_run_writes_results_model_and_curves(frame_run):
     assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert any((out / "features").glob("train-*.safetensors"))  # cached for the next epoch / run
+    speed = on_disk["speed"]  # frames/s against the machine's GEMM-bound ceiling
+    assert speed["units_per_sec"] == pytest.approx(12 * on_disk["train_frames"] / on_disk["train_time_s"], rel=1e-6)
+    assert speed["efficiency"] == pytest.approx(speed["units_per_sec"] / speed["ceiling_units_per_sec"])
 
 
 def test_it_learns_the_tones(frame_run):

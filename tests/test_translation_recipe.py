@@ -39,6 +39,9 @@ def test_recipe_writes_model_results_and_curves(trained):
     assert sorted(p.name for p in (out / "model").iterdir()) == ["config.json", "model.safetensors", "shortlist.safetensors",
                                                                   "source.model", "target.model"]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    speed = on_disk["speed"]  # target tokens/s against the machine's GEMM-bound ceiling
+    assert speed["efficiency"] == pytest.approx(speed["units_per_sec"] / speed["ceiling_units_per_sec"])
+    assert 0 < speed["efficiency"] and speed["precision"] == "fp32"
     dev = on_disk["dev"]
     assert len(dev) >= 2 and dev[-1]["ppl"] < dev[0]["ppl"]  # it learns
     hyps = (out / "test.hyp").read_text().splitlines()
