@@ -1,11 +1,17 @@
 """Training throughput of each workload against its GEMM-bound ceiling on this machine (seq2seq.roofline).
 
     python benchmarks/roofline.py [--steps 20] [--workloads ptb-small ptb-medium demo timit] [--no-bf16]
+    python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model   # beam 5, test_2016_flickr
 
 For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
 (and bf16 where the CPU has AVX512-BF16 / AMX), give the ceiling; the same step of the toolkit's model (forward,
 backward, clipping, optimiser update) timed over --steps steps gives the achieved rate; efficiency is their
 ratio. Data are random ids / features of the preset's shapes: speed does not depend on the words.
+
+Decoding (`decode`, needs a trained --model): seq2seq-translate's beam search over --input, run once with every
+encoder and decoder step's shapes recorded (rows, sentences, source length, output columns), which give the
+products of the ceiling (decoder layers, attention, the output layer over the shortlist; every row counted, so
+the ceiling is if anything too low), then timed as the command runs it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,8 +116,62 @@ def timit(bf16: bool):
     return step, TIMIT_FRAMES * batch, "frames", products
 
 
+def decode(bf16: bool, model_dir, input_path, beam: int = 5):
+    from seq2seq.data.parallel import read_text_lines
+    from seq2seq.model_dir import load_translator
+    from seq2seq.roofline import Product, linear, lstm_layer
+    from seq2seq.shortlist import load_shortlist
+    from seq2seq.translate import translate_lines
+
+    model, src_tok, tgt_tok, payload = load_translator(model_dir)
+    model = model.to(torch.bfloat16) if bf16 else model
+    shortlist = load_shortlist(model_dir, len(src_tok), len(tgt_tok), (src_tok.fingerprint(), tgt_tok.fingerprint()))
+    lines = [line for line in read_text_lines(Path(input_path)) if line]
+    defaults = {"alpha": 0.6, "max_len_a": 1.5, "max_len_b": 10}
+    options = {key: payload.get("decoding", {}).get(key, value) for key, value in defaults.items()}
+    c, products = model.config, []
+    encode, step = model.encode, model.step
+
+    def recorded_encode(src, lengths, *args, **kwargs):
+        directions = 2 if c.bidirectional_encoder else 1
+        sizes = [c.embedding_size] + [c.hidden_size] * (c.num_layers - 1)
+        products.extend(p for size in sizes for p in lstm_layer(src.shape[0], src.shape[1], size,
+                                                                   c.hidden_size // directions, directions, False))
+        if c.attention:
+            products.extend(linear(src.shape[0] * src.shape[1], c.hidden_size, c.hidden_size, backward=False))
+        return encode(src, lengths, *args, **kwargs)
+
+    def recorded_step(tokens, state, memory, output=None, alignment=False):
+        rows, sentences, h = tokens.shape[0], memory.src_mask.shape[0], c.hidden_size
+        per_row = [Product(rows, h, 4 * h, 2 * c.num_layers - 1 + c.input_feeding)]  # W_hh every layer, W_ih above 0
+        if c.attention:
+            s_len = memory.src_mask.shape[1]
+            beam_rows = rows // sentences
+            per_row += [Product(beam_rows, h, s_len, sentences), Product(beam_rows, s_len, h, sentences)]
+            per_row += linear(rows, 2 * h, h, backward=False)
+        per_row += linear(rows, h, len(output.ids) if output is not None else c.tgt_vocab_size, backward=False)
+        products.extend(per_row)
+        return step(tokens, state, memory, output, alignment)
+
+    def run(workers):
+        return translate_lines(model, src_tok, tgt_tok, lines, beam_size=beam, batch_size=64, shortlist=shortlist,
+                               workers=workers, **options)
+
+    model.encode, model.step = recorded_encode, recorded_step
+    with torch.no_grad():
+        run(1)
+    model.encode, model.step = encode, step
+    recorded = list(products)
+
+    def timed_run():
+        with torch.no_grad():
+            run(2)
+
+    return timed_run, len(lines), "sentences", recorded
+
+
 WORKLOADS = {"ptb-small": lambda bf16: ptb("small", bf16), "ptb-medium": lambda bf16: ptb("medium", bf16),
-             "demo": demo, "timit": timit}
+             "demo": demo, "timit": timit, "decode": None}
 
 
 def main() -> None:
@@ -118,6 +179,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
+    parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
+    parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
     args = parser.parse_args()
     torch.manual_seed(0)
     precisions = ["fp32"] + (["bf16"] if bf16_supported(torch.device("cpu")) and not args.no_bf16 else [])
@@ -126,15 +189,23 @@ def main() -> None:
     print(f"{'workload':<11} {'precision':<9} {'GFLOP/step':>10} {'ceiling units/s':>16} {'achieved':>10} "
           f"{'efficiency':>10}  unit")
     for name in args.workloads:
+        if name == "decode" and not args.model:
+            print("decode: skipped (give --model DIR, a trained translation model)")
+            continue
         for precision in precisions:
             bf16 = precision == "bf16"
-            step, units, unit, products = WORKLOADS[name](bf16)
+            if name == "decode":
+                step, units, unit, products = decode(bf16, args.model, args.input)
+                steps = 3
+            else:
+                step, units, unit, products = WORKLOADS[name](bf16)
+                steps = args.steps
             dtype = torch.bfloat16 if bf16 else torch.float32
             ceiling = units / ceiling_seconds(products, dtype)
-            achieved = units / timed(step, args.steps)
+            achieved = units / timed(step, steps)
             flops = sum(p.flops() for p in products) / 1e9
-            print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} {achieved / ceiling:10.0%}"
-                  f"  {unit}", flush=True)
+            print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
+                  f"{achieved / ceiling:10.0%}  {unit}", flush=True)
 
 
 if __name__ == "__main__":
