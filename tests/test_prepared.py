@@ -9,6 +9,7 @@ import random
 
 import numpy as np
 import pytest
+from sentencepiece import sentencepiece_model_pb2
 from recipe_runs import write_split
 
 from seq2seq.data import prepared as prepared_module
@@ -17,6 +18,7 @@ from seq2seq.data.parallel import clean_pairs, read_parallel_text
 from seq2seq.data.prepared import MANIFEST, Reservoir, prepare
 from seq2seq.errors import UserError
 from seq2seq.presets import translation_demo, translation_tiny
+from seq2seq.tokenizer import Tokenizer
 
 
 @pytest.fixture
@@ -81,9 +83,12 @@ def test_a_tokenizer_changed_after_preparation_is_caught_by_its_fingerprint(toy)
     root, data, decoding = toy
     lines = []
     corpus = prepare(data, decoding, root / "p", log=lines.append)
-    src_name, tgt_name = corpus.manifest["tokenizers"]["files"]
-    tokenizers = root / "p" / "tokenizers"
-    (tokenizers / src_name).write_bytes((tokenizers / tgt_name).read_bytes())  # same size, other model
+    src_name = corpus.manifest["tokenizers"]["files"][0]
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString((root / "p" / "tokenizers" / src_name).read_bytes())
+    model.pieces[10].score -= 1.0  # another model of the same size: it segments differently
+    (root / "p" / "tokenizers" / src_name).write_bytes(model.SerializeToString())
+    assert len(Tokenizer(root / "p" / "tokenizers" / src_name)) == len(corpus.src_tok)
     with pytest.raises(UserError, match=f"tokenizers/{src_name} changed after preparation") as refused:
         prepare(data, decoding, root / "p", explicit=True, log=lines.append)
     assert "\n" not in str(refused.value)
