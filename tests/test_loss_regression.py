@@ -18,6 +18,15 @@ from seq2seq.translator import Translator
 STEPS = 6
 
 
+def update(model, optimizer, loss, max_grad_norm: float) -> float:
+    """One update as the recipes make it: backward, clip the global norm, step."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
 def ptb_losses() -> list[float]:
     preset = LM_PRESETS["tiny"]()
     torch.manual_seed(0)
@@ -30,12 +39,7 @@ def ptb_losses() -> list[float]:
         window = stream[step * preset.training.unroll : (step + 1) * preset.training.unroll + 1]  # (T + 1, B)
         state = None if state is None else tuple(s.detach() for s in state)
         nll, state = model(window[:-1], state, window[1:])
-        loss = nll / window.shape[1]
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(update(model, optimizer, nll / window.shape[1], preset.training.max_grad_norm))
     return losses
 
 
@@ -52,12 +56,7 @@ def translation_losses() -> list[float]:
         body = torch.randint(4, 30, (6, 5), generator=generator)  # (T, B)
         tgt_in, tgt_out = torch.cat([torch.full((1, 5), BOS), body]), torch.cat([body, torch.full((1, 5), EOS)])
         loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
-        loss = loss / count
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(update(model, optimizer, loss / count, preset.training.max_grad_norm))
     return losses
 
 
@@ -74,12 +73,7 @@ def timit_losses() -> list[float]:
         logits = model(features, lengths)
         no_phones = torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long)  # unused by the frame loss
         loss, count = model.loss(logits, lengths, labels, *no_phones)
-        loss = loss / count
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(update(model, optimizer, loss / count, preset.training.max_grad_norm))
     return losses
 
 
