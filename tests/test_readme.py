@@ -15,9 +15,10 @@ def record(name: str) -> dict:
     return json.loads((ROOT / "results" / name).read_text(encoding="utf-8"))
 
 
-def row(first_cell: str) -> list[str]:
-    """The cells of the README table row whose first cell is first_cell (bold marks removed)."""
-    for line in README.splitlines():
+def row(first_cell: str, section: str = "") -> list[str]:
+    """The cells of the README table row whose first cell is first_cell (bold marks and backticks removed), the
+    first one after the heading `section`."""
+    for line in README[README.index(section):].splitlines():
         cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0].replace("`", "") == first_cell:
             return cells
@@ -54,3 +55,16 @@ def test_demo_rows_of_the_earlier_placement_are_their_records():
         assert cells[2] == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
         assert cells[3:5] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"]
     assert len(rows) == 2
+
+
+@pytest.mark.parametrize("mode", ["none", "naive", "zaremba", "variational"])
+def test_placement_ablation_rows_are_the_mean_and_spread_of_three_seeds(mode):
+    runs = [record(f"ablation-{mode}-seed{seed}.json") for seed in (0, 1, 2)]
+    best = [min(e["valid_ppl"] for e in r["epochs"]) for r in runs]
+    epochs = sorted({min(r["epochs"], key=lambda e: e["valid_ppl"])["epoch"] for r in runs})
+    span = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}–{epochs[-1]}"
+    cells = row(mode, "### Dropout placement")
+    assert cells[2] == f"{mean_std(best)} ({span})"
+    assert cells[3:6] == [mean_std([r["valid_ppl"] for r in runs]), mean_std([r["test_ppl"] for r in runs]),
+                          mean_std([r["epochs"][-1]["train_ppl"] for r in runs])]
+    assert {r["config"]["model"]["dropout_mode"] for r in runs} == {mode} and [r["seed"] for r in runs] == [0, 1, 2]
