@@ -68,3 +68,17 @@ def test_placement_ablation_rows_are_the_mean_and_spread_of_three_seeds(mode):
     assert cells[3:6] == [mean_std([r["valid_ppl"] for r in runs]), mean_std([r["test_ppl"] for r in runs]),
                           mean_std([r["epochs"][-1]["train_ppl"] for r in runs])]
     assert {r["config"]["model"]["dropout_mode"] for r in runs} == {mode} and [r["seed"] for r in runs] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("first_cell, mode", [("zaremba p = 0.3", "zaremba"), ("none", "none")])
+def test_timit_rows_are_the_mean_and_spread_of_three_seeds(first_cell, mode):
+    runs = [record(f"timit-{mode}-seed{seed}.json") for seed in (0, 1, 2)]
+    cells = row(first_cell, "### TIMIT-layout acoustic model")
+
+    def spread(values, digits):
+        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+    assert cells[1:5] == [spread([r["frame_accuracy"] for r in runs], 2), spread([r["per"] for r in runs], 2),
+                          spread([max(d["dev_frame_accuracy"] for d in r["dev"]) for r in runs], 2),
+                          spread([min(d["dev_loss"] for d in r["dev"]) for r in runs], 3)]
+    assert {r["config"]["model"]["dropout_mode"] for r in runs} == {mode} and [r["seed"] for r in runs] == [0, 1, 2]
