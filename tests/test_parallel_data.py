@@ -1,5 +1,6 @@
 import gzip
 import json
+import random
 
 import numpy as np
 import pytest
@@ -90,10 +91,12 @@ def test_cleaning_counts_each_filter():
 
 
 def plan_by_loop(src, tgt, max_tokens, max_sentences, seed, epoch, pool_batches, shuffle=True):
-    """The batch plan as the toolkit computed it before it ran on arrays: Python lists, sorted() per pool
-    and a greedy fill one example at a time, driven by the same seeded permutations."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(src)).tolist() if shuffle else list(range(len(src)))
+    """The batch plan as the toolkit computed it before it ran on arrays (commit f5728a6, its loops inlined):
+    Python lists shuffled by random.Random, sorted() per pool and a greedy fill one example at a time."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(src)))
+    if shuffle:
+        rng.shuffle(order)
     size = [max(src[i], tgt[i]) + 1 for i in order]
     pool = max(1, pool_batches * max_tokens // max(1, sum(size) // max(1, len(size))))
     batches = []
@@ -110,7 +113,9 @@ def plan_by_loop(src, tgt, max_tokens, max_sentences, seed, epoch, pool_batches,
             longest = longest_if_added
         if current:
             batches.append(current)
-    return [batches[i] for i in rng.permutation(len(batches))] if shuffle else batches
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
 
 
 @pytest.mark.parametrize("max_tokens, max_sentences, shuffle", [(120, None, True), (50, 3, True), (10**6, 64, True),

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..devices import to_device
 from ..tokenizer import BOS, EOS, to_tensor
+from .shuffling import PythonRandom
 
 
 @dataclass
@@ -45,13 +46,13 @@ def token_batches(src_lengths, tgt_lengths, max_tokens: int, *, max_sentences: i
     sorted by (target, source) length within each pool so batches hold similar lengths, and the batches of
     all pools are shuffled again. shuffle=False keeps corpus order within length-sorted batches (for
     evaluation). Works on the length arrays (any int arrays or lists) with numpy: no Python object per
-    example, so a 40M-pair epoch is planned in seconds. Returns int32 index arrays (views of one array).
+    example, so a 40M-pair epoch is planned in seconds; the shuffles are Python's own (seq2seq.data.shuffling),
+    so a seed gives the batches it gave when plans were Python lists. Returns int32 index arrays (views of one
+    array).
     """
     src, tgt = np.asarray(src_lengths, dtype=np.int32), np.asarray(tgt_lengths, dtype=np.int32)  # 4 bytes a pair
-    rng = np.random.default_rng([seed, epoch])
-    order = np.arange(len(src), dtype=np.int32)
-    if shuffle:
-        rng.shuffle(order)  # the same draws as rng.permutation(n), in half the memory
+    rng = PythonRandom(seed * 100_003 + epoch)  # the plan the list-based planner drew with random.Random
+    order = rng.permutation(len(src)) if shuffle else np.arange(len(src), dtype=np.int32)
     size = np.maximum(src, tgt)[order] + 1  # padded tokens each example costs
     average = max(1, int(size.sum(dtype=np.int64)) // max(1, len(size)))
     pool = max(1, min(len(order), pool_batches * max_tokens // average))  # a pool larger than the corpus is the corpus
