@@ -189,8 +189,8 @@ class Translator(nn.Module):
         """Luong input feeding: step t reads [embedding; h~_{t-1}], so the decoder runs step by step.
         h~_{t-1} is fed as attention made it; only its copy bound for the softmax is dropped (in decode)."""
         lstm_state, feed, outputs = (state.h, state.c), state.feed, []
-        for t in range(embedded.shape[0]):
-            step_input = torch.cat([embedded[t], feed], dim=-1).unsqueeze(0)  # (1, B, E + H)
+        for t, embedded_t in enumerate(embedded.unbind(0)):  # unbind: one backward stack, not T zero-filled (T, B, E)
+            step_input = torch.cat([embedded_t, feed], dim=-1).unsqueeze(0)  # (1, B, E + H)
             top, lstm_state = self.decoder(step_input, lstm_state, None if masks is None else masks.at(t))
             attended = self.attention(top, memory.keys, memory.outputs, memory.src_mask)  # (1, B, H)
             feed = attended[0]
