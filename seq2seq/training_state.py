@@ -293,9 +293,10 @@ def add_run_flags(parser, checkpoint_every: int, precisions: tuple[str, ...] = (
     group = parser.add_argument_group("run")
     group.add_argument("--max-steps", type=positive(int), help="stop after this many updates")
     group.add_argument("--seed", type=int, default=0, help="fixes the result on a CPU (default: 0)")
-    group.add_argument("--mixed-precision", choices=("auto", *precisions), default="no",
-                       help="auto: bf16 where the hardware serves it, else fp32; a bf16 request on hardware without "
-                            "it runs fp32 with a one-line notice (default: no, i.e. fp32)")
+    group.add_argument("--mixed-precision", choices=("auto", *precisions), default="auto",
+                       help="auto: bf16 autocast where the hardware serves it (CUDA with bf16, a CPU with "
+                            "AVX512-BF16 / AMX), else fp32; no: fp32; a bf16 request on hardware without it runs "
+                            "fp32 with a one-line notice (default: auto)")
     group.add_argument("--checkpoint-every", type=positive(int), default=checkpoint_every,
                        help=f"updates between checkpoints (default: {checkpoint_every})")
     group.add_argument("--keep-checkpoints", type=positive(int), default=3, help="(default: 3)")
