@@ -1,7 +1,7 @@
 """Training throughput of each workload against its GEMM-bound ceiling on this machine (seq2seq.roofline).
 
     python benchmarks/roofline.py [--steps 20] [--workloads ptb-small ptb-medium demo timit] [--no-bf16]
-    python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model   # beam 5, test_2016_flickr
+    python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model [--breakdown]  # beam 5
 
 For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
 (and bf16 where the CPU has AVX512-BF16 / AMX), give the ceiling; the same step of the toolkit's model (forward,
@@ -116,7 +116,7 @@ def timit(bf16: bool):
     return step, TIMIT_FRAMES * batch, "frames", products
 
 
-def decode(bf16: bool, model_dir, input_path, beam: int = 5):
+def decode(bf16: bool, model_dir, input_path, beam: int = 5, workers: int = 2):
     from seq2seq.data.parallel import read_text_lines
     from seq2seq.model_dir import load_translator
     from seq2seq.roofline import Product, linear, lstm_layer
@@ -165,9 +165,33 @@ def decode(bf16: bool, model_dir, input_path, beam: int = 5):
 
     def timed_run():
         with torch.no_grad():
-            run(2)
+            run(workers)
 
     return timed_run, len(lines), "sentences", recorded
+
+
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+            "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn"}
+
+
+def decode_breakdown(model_dir, input_path, bf16: bool, top: int = 12) -> None:
+    """Where a beam-5 decode's time goes: one pass (1 worker, so each op's time is its own) under the torch
+    profiler; self CPU time of the matrix products against everything else, the largest other ops by name."""
+    timed_run, _, _, _ = decode(bf16, model_dir, input_path, workers=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        timed_run()
+        wall = time.perf_counter() - started
+    events = [e for e in profile.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6
+    print(f"decode breakdown ({'bf16' if bf16 else 'fp32'}, 1 worker, profiled): wall {wall:.2f} s, ops' self time "
+          f"{total:.2f} s; matrix products {gemm:.2f} s ({gemm / total:.0%}), the rest {total - gemm:.2f} s "
+          f"({(total - gemm) / total:.0%}); Python and the search's own bookkeeping: {max(0.0, wall - total):.2f} s")
+    others = sorted((e for e in events if e.key not in GEMM_OPS), key=lambda e: -e.self_cpu_time_total)[:top]
+    for e in others:
+        print(f"  {e.key:<36} {e.self_cpu_time_total / 1e6:7.3f} s {e.self_cpu_time_total / 1e6 / total:6.1%} "
+              f"{e.count:9,d} calls {e.self_cpu_time_total / max(e.count, 1):8.1f} us/call")
 
 
 WORKLOADS = {"ptb-small": lambda bf16: ptb("small", bf16), "ptb-medium": lambda bf16: ptb("medium", bf16),
@@ -181,6 +205,8 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
     parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
     parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
+    parser.add_argument("--breakdown", action="store_true", help="with decode: also profile one pass and print what "
+                        "of a step is not a matrix product, and its cost")
     args = parser.parse_args()
     torch.manual_seed(0)
     precisions = ["fp32"] + (["bf16"] if bf16_supported(torch.device("cpu")) and not args.no_bf16 else [])
@@ -206,6 +232,9 @@ def main() -> None:
             flops = sum(p.flops() for p in products) / 1e9
             print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
                   f"{achieved / ceiling:10.0%}  {unit}", flush=True)
+    if "decode" in args.workloads and args.model and args.breakdown:
+        for precision in precisions:
+            decode_breakdown(args.model, args.input, precision == "bf16")
 
 
 if __name__ == "__main__":

@@ -63,20 +63,23 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def training_precision(requested: str, log=None) -> str:
+def training_precision(requested: str, log=None, warn=None) -> str:
     """accelerate's mixed_precision for --mixed-precision: `auto` is bf16 where the device that will train serves
     it in hardware (CUDA with bf16; a CPU with AVX512-BF16 / AMX), else no (fp32); a bf16 request the hardware does
-    not serve runs fp32. The choice is printed in one line (by the first process) and recorded by the recipe."""
+    not serve runs fp32. The first process says which in one line: auto's choice to `log` (default stdout, the
+    run's log), a refused bf16 request to `warn` (default stderr); the recipe records the choice."""
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
     where = f"{device.type} ({torch.backends.cpu.get_cpu_capability()})" if device.type == "cpu" else device.type
-    chosen, why = requested, None
+    chosen, why, say = requested, None, log or print
     if requested in ("auto", "bf16") and not bf16_supported(device):
         chosen, why = "no", f"bf16 is not supported in hardware on this {where}: training in fp32"
+        if requested == "bf16":
+            say = warn or (lambda line: print(line, file=sys.stderr))
     elif requested == "auto":
         chosen, why = "bf16", f"bf16 is supported in hardware on this {where}: training with bf16 autocast"
     if why and os.environ.get("RANK", "0") == "0":
-        (log or (lambda line: print(line, file=sys.stderr)))(f"--mixed-precision {requested}: {why}")
+        say(f"--mixed-precision {requested}: {why}")
     return chosen
 
 

@@ -16,7 +16,9 @@ RTOL, ATOL = 1e-4, 1e-6
 
 
 def runs(tmp_path, recipe, extra, single_extra=(), logs=None):
-    args = recipe_args(recipe, tmp_path / "data") + list(extra)
+    # fp32: the tolerance above is fp32's; under bf16 (auto's choice on CPUs that serve it) the two reduction
+    # orders round apart by ~1e-4 and the comparison would say nothing about the sharding.
+    args = recipe_args(recipe, tmp_path / "data") + list(extra) + ["--mixed-precision", "no"]
     one = run(args + ["--output-dir", str(tmp_path / "one"), *single_extra])
     two = run(args + ["--output-dir", str(tmp_path / "two")], processes=2)
     assert one.returncode == 0, one.stderr[-2000:]

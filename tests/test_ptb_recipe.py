@@ -24,7 +24,7 @@ def run(corpus, out, *extra):
 
 def test_tiny_run_learns_and_writes_everything(word_corpus, tmp_path):
     out = tmp_path / "run"
-    results = run(word_corpus, out, "--epochs", "3")
+    results = run(word_corpus, out, "--epochs", "3", "--mixed-precision", "no")  # fp32: evaluated again below
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["test_ppl"] == pytest.approx(results["test_ppl"])
     assert [row["epoch"] for row in on_disk["epochs"]] == [1, 2, 3]
@@ -64,9 +64,10 @@ def test_every_dropout_mode_trains(word_corpus, tmp_path, mode):
     assert results["test_ppl"] < 25  # better than uniform over the 25 words after 30 steps
 
 
-@pytest.mark.parametrize("requested", ["bf16", "auto"])
+@pytest.mark.parametrize("requested", ["bf16", "auto", None])  # None: the default, auto
 def test_mixed_precision_is_what_the_cpu_serves_and_is_recorded(word_corpus, tmp_path, requested):
-    results = run(word_corpus, tmp_path / "mp", "--mixed-precision", requested, "--max-steps", "30")
+    flags = [] if requested is None else ["--mixed-precision", requested]
+    results = run(word_corpus, tmp_path / "mp", *flags, "--max-steps", "30")
     served = "bf16" if bf16_supported(torch.device("cpu")) else "no"
     assert results["mixed_precision"] == served and math.isfinite(results["test_ppl"])
     assert results["speed"]["precision"] == ("bf16" if served == "bf16" else "fp32")

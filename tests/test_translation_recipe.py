@@ -11,6 +11,7 @@ import torch
 from conftest import load_recipe
 from recipe_runs import write_split
 
+from seq2seq.devices import bf16_supported
 from seq2seq.metrics import corpus_scores, paired_bootstrap
 
 pytestmark = pytest.mark.slow  # whole recipes, subprocesses: the full tier (pytest -m slow)
@@ -41,7 +42,9 @@ def test_recipe_writes_model_results_and_curves(trained):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     speed = on_disk["speed"]  # target tokens/s against the machine's GEMM-bound ceiling
     assert speed["efficiency"] == pytest.approx(speed["units_per_sec"] / speed["ceiling_units_per_sec"])
-    assert 0 < speed["efficiency"] and speed["precision"] == "fp32"
+    bf16 = bf16_supported(torch.device("cpu"))  # the default, --mixed-precision auto, trains in bf16 where served
+    assert on_disk["mixed_precision"] == ("bf16" if bf16 else "no")
+    assert 0 < speed["efficiency"] and speed["precision"] == ("bf16" if bf16 else "fp32")
     dev = on_disk["dev"]
     assert len(dev) >= 2 and dev[-1]["ppl"] < dev[0]["ppl"]  # it learns
     hyps = (out / "test.hyp").read_text().splitlines()
