@@ -73,8 +73,9 @@ class Memory:
 
     def select(self, index: Tensor) -> Memory:
         """Reorder / repeat the batch: the beams of beam search."""
-        return Memory(None if self.outputs is None else self.outputs[:, index],
-                      None if self.keys is None else self.keys[index], self.src_mask[index])
+        # index_select, not [index]: the same rows, without advanced indexing's generic strided kernel
+        return Memory(None if self.outputs is None else self.outputs.index_select(1, index),
+                      None if self.keys is None else self.keys.index_select(0, index), self.src_mask.index_select(0, index))
 
 
 @dataclass
@@ -96,7 +97,9 @@ class DecoderState:
         """The same state with its rows gathered."""
         if self.rows is None:
             return self
-        return DecoderState(self.h[:, self.rows], self.c[:, self.rows], None if self.feed is None else self.feed[self.rows])
+        rows = self.rows
+        return DecoderState(self.h.index_select(1, rows), self.c.index_select(1, rows),
+                            None if self.feed is None else self.feed.index_select(0, rows))
 
 
 @dataclass
@@ -111,11 +114,11 @@ class OutputSlice:
 
     def select(self, index: Tensor) -> OutputSlice:
         """Keep / reorder sentences, and drop the ids none of them may emit (</s>, column 0, stays)."""
-        mask = self.mask[index]  # (B', U)
+        mask = self.mask.index_select(0, index)  # (B', U)
         used = (mask == 0).any(dim=0).nonzero().squeeze(1)  # (U',)
         if len(used) == len(self.ids):
             return OutputSlice(self.ids, self.weight, self.bias, mask)
-        return OutputSlice(self.ids[used], self.weight[used], self.bias[used], mask[:, used])
+        return OutputSlice(self.ids[used], self.weight.index_select(0, used), self.bias[used], mask.index_select(1, used))
 
 
 class Translator(nn.Module):
@@ -286,8 +289,9 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
             gates = torch.addmm(gates, h, layer.weight_hh_l0.t())  # (N, 4H)
         else:
             # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H)
-            gates = gates + ((h if distinct is None else h[distinct]) @ layer.weight_hh_l0.t())[inverse]
-            c = c[parents]  # (N, H)
+            gates = gates + ((h if distinct is None else h.index_select(0, distinct)) @ layer.weight_hh_l0.t()
+                             ).index_select(0, inverse)
+            c = c.index_select(0, parents)  # (N, H)
         x, c = lstm_pointwise(gates, c)
         hs.append(x)
         cs.append(c)

@@ -37,26 +37,24 @@ def test_ptb_small_table_is_its_record():
     assert row("valid ppl")[1:] == [f"{e['valid_ppl']:.1f}" for e in ptb["epochs"]]
 
 
+def demo_rows() -> list[list[str]]:
+    """The cells of every demo table row (bold marks and backticks removed) whose last cell names its record."""
+    rows = []
+    for line in README.splitlines():
+        cells = [c.strip().replace("**", "").replace("`", "") for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[-1].startswith("results/wmt14_enfr-demo-"):
+            rows.append(cells)
+    return rows
+
+
 def test_demo_translation_rows_are_their_records():
-    rows = [line for line in README.splitlines() if line.startswith("| **attentional vector dropped (the table)** | ")]
-    for line, seed in zip(rows, (0, 1)):
-        name = f"wmt14_enfr-demo-placement-seed{seed}.json"
-        demo = record(name)
-        cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
-        assert cells[1] == str(seed) == str(demo["seed"])
-        assert cells[2] == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
-        assert cells[3:5] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"] and name in cells[5]
-    assert len(rows) == 2
-
-
-def test_demo_rows_of_the_earlier_placement_are_their_records():
-    rows = [line for line in README.splitlines() if line.startswith("| query dropped, h~ not | ")]
-    for line, seed in zip(rows, (0, 1)):
-        demo = record(f"wmt14_enfr-demo-seed{seed}.json")
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert cells[2] == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
-        assert cells[3:5] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"]
-    assert len(rows) == 2
+    rows = demo_rows()
+    for placement, seed, order, dev, bleu, chrf, name in rows:
+        demo = record(name.removeprefix("results/"))
+        assert seed == str(demo["seed"]) and dev == " / ".join(f"{r['bleu']:.2f}" for r in demo["dev"])
+        assert [bleu, chrf] == [f"{demo['bleu']:.2f}", f"{demo['chrf']:.2f}"]
+        assert ("pcg64" in name) == (order == "PCG64") and ("placement" in name) == placement.startswith("attentional")
+    assert len(rows) == 8  # 2 placements x 2 seeds x 2 batch orders
 
 
 @pytest.mark.parametrize("mode", ["none", "naive", "zaremba", "variational"])

@@ -40,8 +40,8 @@ class PythonRandom:
         return apply_swaps(self.draws(n))
 
     def draws(self, n: int) -> np.ndarray:
-        """(n,) int64: j[i] = the randbelow(i + 1) that shuffle draws at step i (j[0] = 0, no step 0)."""
-        j = np.zeros(n, dtype=np.int64)
+        """(n,) int32: j[i] = the randbelow(i + 1) that shuffle draws at step i (j[0] = 0, no step 0)."""
+        j = np.zeros(n, dtype=np.int32)
         top = n - 1
         while top >= 1:
             k = (top + 1).bit_length()  # the same number of bits for every i + 1 in [2^(k-1), 2^k)
@@ -84,25 +84,25 @@ def apply_swaps(j: np.ndarray) -> np.ndarray:
     n = len(j)
     if n < 2:
         return np.arange(n, dtype=np.int32)
-    keys = np.sort(j[1:] * n + np.arange(1, n))  # (n-1,) unique, so a plain sort: steps grouped by j, ascending
-    by_target, target = keys % n, keys // n
+    keys = np.sort(j[1:].astype(np.int64) * n + np.arange(1, n))  # (n-1,) unique: steps grouped by j, ascending
+    by_target, target = (keys % n).astype(np.int32), (keys // n).astype(np.int32)  # int32 from here: n < 2^31
     del keys
-    later = np.full(n, -1, dtype=np.int64)  # later[i]: the next step after i (smallest t > i) with j_t = j_i
+    later = np.full(n, -1, dtype=np.int32)  # later[i]: the next step after i (smallest t > i) with j_t = j_i
     same = target[1:] == target[:-1]
     later[by_target[:-1][same]] = by_target[1:][same]
-    first = np.full(n, -1, dtype=np.int64)  # first[s]: the smallest step t with j_t = s
+    first = np.full(n, -1, dtype=np.int32)  # first[s]: the smallest step t with j_t = s
     starts = np.flatnonzero(np.concatenate([[True], ~same]))
     first[target[starts]] = by_target[starts]
-    writer = np.where(first == np.arange(n), later, first)  # the smallest t > s with j_t = s (0 is no step)
+    writer = np.where(first == np.arange(n, dtype=np.int32), later, first)  # smallest t > s with j_t = s (0: none)
     held = root_of_chains(writer)  # W(s) = x[root]: the value at s before step s (s = 0: at the end)
-    result = np.where(later >= 0, held[np.maximum(later, 0)], j).astype(np.int32)
+    result = np.where(later >= 0, held[np.maximum(later, 0)], j).astype(np.int32, copy=False)
     result[0] = held[0]
     return result
 
 
 def root_of_chains(parent: np.ndarray) -> np.ndarray:
     """(n,) for each s, the last index on the chain s -> parent[s] -> ... (parent -1 ends a chain), by doubling."""
-    root = np.where(parent >= 0, parent, np.arange(len(parent)))
+    root = np.where(parent >= 0, parent, np.arange(len(parent), dtype=parent.dtype))
     while True:
         jumped = root[root]
         if np.array_equal(jumped, root):
