@@ -35,6 +35,9 @@ def test_ptb_small_table_is_its_record():
     assert row("this toolkit, 13 epochs")[1:3] == [f"{ptb['valid_ppl']:.2f}", f"{ptb['test_ppl']:.2f}"]
     assert row("train ppl")[1:] == [f"{e['train_ppl']:.1f}" for e in ptb["epochs"]]
     assert row("valid ppl")[1:] == [f"{e['valid_ppl']:.1f}" for e in ptb["epochs"]]
+    auto = record("ptb-small-auto.json")
+    cells = row("this toolkit, 13 epochs, --mixed-precision auto (bf16 on the Xeon)")
+    assert cells[1:3] == [f"{auto['valid_ppl']:.2f}", f"{auto['test_ppl']:.2f}"] and auto["mixed_precision"] == "bf16"
 
 
 def demo_rows() -> list[list[str]]:
