@@ -70,13 +70,13 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     """
     directions, batch = 2 if lstm.bidirectional else 1, x.shape[1]
     suffixes = ("l0", "l0_reverse")[:directions]
-    inputs = (x, reverse_padded(x, lengths) if directions == 2 else None)
+    inputs = (x, reverse_padded(x, lengths))[:directions]  # the backward direction reads x reversed
     # The input half of every gate does not depend on t: one large product per direction for all steps.
     # unbind, not [t]: indexing's backward would write each step's gradient into a zero (D, T, B, 4u) tensor
     # and add them all up, T^2 work; unbind's backward stacks the T gradients once.
-    x_proj = torch.stack([nn.functional.linear(inputs[d], getattr(lstm, f"weight_ih_{s}"),
+    x_proj = torch.stack([nn.functional.linear(x_d, getattr(lstm, f"weight_ih_{s}"),
                                                getattr(lstm, f"bias_ih_{s}") + getattr(lstm, f"bias_hh_{s}"))
-                          for d, s in enumerate(suffixes)], dim=1).unbind(0)  # T x (D, B, 4u)
+                          for x_d, s in zip(inputs, suffixes)], dim=1).unbind(0)  # T x (D, B, 4u)
     w_hh_t = torch.stack([getattr(lstm, f"weight_hh_{s}").t() for s in suffixes])  # (D, u, 4u)
     h, c = (by_direction(state, directions) for state in (h, c))  # (D, B, u)
     if h_mask is not None:
@@ -94,7 +94,7 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
         cells.append(c)
     y = torch.stack(outputs)  # (T, D, B, u)
     if lengths is not None:
-        h, c = (at_lengths(steps, lengths, start) for steps, start in ((y, initial[0]), (cells, initial[1])))
+        h, c = at_lengths(y, lengths, initial[0]), at_lengths(torch.stack(cells), lengths, initial[1])
         y = y * (torch.arange(len(outputs), device=y.device).view(-1, 1, 1, 1) < lengths.view(1, 1, -1, 1))
     if directions == 2:
         y = torch.cat([y[:, 0], reverse_padded(y[:, 1], lengths)], dim=-1)  # (T, B, H)
@@ -103,10 +103,9 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     return y, h.transpose(0, 1).reshape(batch, -1), c.transpose(0, 1).reshape(batch, -1)
 
 
-def at_lengths(steps, lengths: Tensor, initial: Tensor) -> Tensor:
-    """Each sequence's state after its own last step: steps (T, D, B, u) or T x (D, B, u); lengths (B,);
-    initial (D, B, u), kept where a length is 0."""
-    steps = torch.stack(steps) if isinstance(steps, list) else steps
+def at_lengths(steps: Tensor, lengths: Tensor, initial: Tensor) -> Tensor:
+    """Each sequence's state after its own last step: steps (T, D, B, u); lengths (B,); initial (D, B, u),
+    kept where a length is 0."""
     index = (lengths - 1).clamp(min=0).view(1, 1, -1, 1).expand(1, *steps.shape[1:])  # (1, D, B, u)
     return torch.where(lengths.view(1, -1, 1) > 0, steps.gather(0, index)[0], initial)
 

@@ -29,7 +29,7 @@ class PythonRandom:
     """The word stream of `random.Random(seed)`, shuffles drawn from it in the same order Python would."""
 
     def __init__(self, seed: int):
-        version, state, _ = random.Random(seed).getstate()
+        _, state, _ = random.Random(seed).getstate()  # (version, 624 words + position, gauss)
         self.generator = np.random.MT19937()
         self.generator.state = {"bit_generator": "MT19937",
                                 "state": {"key": np.array(state[:624], dtype=np.uint32), "pos": state[624]}}
