@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from seq2seq.acoustic_model import AcousticModel
-from seq2seq.devices import bf16_supported
+from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
 from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, translator_step
@@ -209,6 +209,7 @@ def main() -> None:
                         "of a step is not a matrix product, and its cost")
     args = parser.parse_args()
     torch.manual_seed(0)
+    keep_freed_memory()  # the allocator setting the recipes train in
     precisions = ["fp32"] + (["bf16"] if bf16_supported(torch.device("cpu")) and not args.no_bf16 else [])
     print(f"torch {torch.__version__} | CPU {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} "
           f"threads | bf16 {'supported' if 'bf16' in precisions else 'not supported: fp32 only'}")

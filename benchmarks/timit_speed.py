@@ -17,6 +17,7 @@ import time
 import torch
 
 from seq2seq.acoustic_model import AcousticModel
+from seq2seq.devices import keep_freed_memory
 from seq2seq.presets import timit_default
 from seq2seq.speech.features import extract
 from seq2seq.speech.timit import find_utterances, split_speakers
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--timit-root", default="../shared/data/timit-synth")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    keep_freed_memory()  # the allocator setting the recipes train in
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     data = feature_speed(args.timit_root)
     for mode in ("zaremba", "none", "variational", "naive"):

@@ -21,6 +21,7 @@ import torch
 from seq2seq.data.batching import token_batches
 from seq2seq.data.encoded import EncodedPairs
 from seq2seq.data.parallel import read_parallel_text
+from seq2seq.devices import keep_freed_memory
 from seq2seq.metrics import corpus_scores
 from seq2seq.presets import translation_demo
 from seq2seq.shortlist import load_shortlist
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 12])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (the best is reported)")
     args = parser.parse_args()
+    keep_freed_memory()  # the allocator setting the recipes train in
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.train_steps:
         training_speed(args.train_steps)

