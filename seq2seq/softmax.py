@@ -16,7 +16,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype,
                 smoothing: float, keep: Tensor | None) -> Tensor:
-        logits = torch.mm(h.to(dtype), weight.to(dtype).t()).float().add_(bias)  # (N, V), softmax in fp32
+        h_cast, weight_cast = h.to(dtype), weight.to(dtype)  # cast once, kept for the backward products
+        logits = torch.mm(h_cast, weight_cast.t()).float().add_(bias)  # (N, V), softmax in fp32
         target_logit = logits.gather(1, targets[:, None])  # (N, 1)
         mean_logit = logits.mean(1, keepdim=True) if smoothing else 0.0  # (N, 1)
         peak = logits.amax(1, keepdim=True)  # (N, 1)
@@ -28,13 +29,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         probs.div_(total)
         if keep is not None:
             loss = loss * keep
-        ctx.save_for_backward(h, weight, targets, probs, keep)
-        ctx.dtype, ctx.smoothing = dtype, smoothing
+        ctx.save_for_backward(h_cast, weight_cast, targets, probs, keep)
+        ctx.dtypes, ctx.smoothing = (h.dtype, weight.dtype), smoothing
         return loss.sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        h, weight, targets, probs, keep = ctx.saved_tensors
+        h_cast, weight_cast, targets, probs, keep = ctx.saved_tensors
         grad_logits = probs  # reused in place: this graph can be backpropagated once
         grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0 - ctx.smoothing
         if ctx.smoothing:
@@ -43,10 +44,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits.mul_(keep)
         grad_logits.mul_(grad)
         grad_bias = grad_logits.sum(0)  # (V,)
-        grad_logits = grad_logits.to(ctx.dtype)
-        grad_h = grad_logits @ weight.to(ctx.dtype)  # (N, H)
-        grad_weight = grad_logits.t() @ h.to(ctx.dtype)  # (V, H)
-        return grad_h.to(h.dtype), grad_weight.to(weight.dtype), grad_bias, None, None, None, None
+        grad_logits = grad_logits.to(weight_cast.dtype)
+        grad_h = grad_logits @ weight_cast  # (N, H)
+        grad_weight = grad_logits.t() @ h_cast  # (V, H)
+        return grad_h.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1]), grad_bias, None, None, None, None
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, label_smoothing: float = 0.0,
