@@ -48,11 +48,12 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
 
     A training step allocates and frees the same large temporaries every step (logits, their gradients, bf16
-    copies of weights). By default glibc serves such blocks with a fresh mmap and unmaps them when freed, so each
-    step faults their pages in and the kernel zeroes them again: the demo translator's step took ~25,800 page
-    faults and ~45 ms of system time. With a fixed mmap threshold at glibc's maximum and a high trim threshold
-    they come from the heap and are reused (~950 faults a step). Numbers are unchanged: only where the memory
-    comes from. Returns whether it applied (Linux with glibc; elsewhere it does nothing).
+    copies of weights). By default glibc may serve such blocks with a fresh mmap and unmap them when freed, so
+    each step faults their pages in and the kernel zeroes them again (the demo translator's step in
+    benchmarks/roofline.py: ~25,800 page faults and ~45 ms of system time); whether it does depends on what the
+    process freed before. With a fixed mmap threshold at glibc's maximum and a high trim threshold they come from
+    the heap and are reused (~950 faults a step). Numbers are unchanged: only where the memory comes from. Returns
+    whether it applied (Linux with glibc; elsewhere it does nothing).
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
