@@ -74,8 +74,7 @@ def words_per_second(step, windows, warmup: int) -> float:
     return sum(t.numel() for t, _ in windows[warmup:]) / elapsed
 
 
-def windows_for(name: str, steps: int, warmup: int):
-    preset = LM_PRESETS[name]()
+def windows_for(preset, steps: int, warmup: int):
     m, t = preset.model, preset.training
     torch.manual_seed(0)
     stream = torch.randint(0, m.vocab_size, ((steps + warmup) * t.unroll + 1, t.batch_size))
@@ -83,15 +82,13 @@ def windows_for(name: str, steps: int, warmup: int):
             for i in range(steps + warmup)]
 
 
-def timed_dropout(name: str) -> float:
-    m = LM_PRESETS[name]().model
-    return 0.5 if m.dropout == 0 else m.dropout  # time the dropout modes with dropout actually on
+def timed_dropout(preset) -> float:
+    return 0.5 if preset.model.dropout == 0 else preset.model.dropout  # time the dropout modes with dropout on
 
 
-def reference_speed(name: str, windows, warmup: int) -> float:
-    preset = LM_PRESETS[name]()
+def reference_speed(preset, windows, warmup: int) -> float:
     m, t = preset.model, preset.training
-    reference = ReferenceLM(m.vocab_size, m.hidden_size, m.num_layers, timed_dropout(name)).train()
+    reference = ReferenceLM(m.vocab_size, m.hidden_size, m.num_layers, timed_dropout(preset)).train()
     hidden = [tuple(torch.zeros(m.num_layers, t.batch_size, m.hidden_size) for _ in range(2))]
 
     def ref(tokens, targets):
@@ -100,16 +97,15 @@ def reference_speed(name: str, windows, warmup: int) -> float:
     return words_per_second(ref, windows, warmup)
 
 
-def bench_config(name: str, windows, warmup: int, bf16: bool, base: float) -> None:
+def bench_config(name: str, preset, windows, warmup: int, bf16: bool, base: float) -> None:
     """Every dropout mode of the toolkit (in the allocator setting the recipes train with) against the reference
     as pytorch/examples runs it (glibc's defaults, `base`) and in the toolkit's allocator setting."""
-    preset = LM_PRESETS[name]()
     m, t = preset.model, preset.training
-    p = timed_dropout(name)
+    p = timed_dropout(preset)
     print(f"\n{name}: {m.num_layers} x {m.hidden_size}, vocab {m.vocab_size}, unroll {t.unroll}, batch {t.batch_size}, "
           f"dropout {p}, {len(windows) - warmup} timed steps, {torch.get_num_threads()} threads")
     print(f"  {'reference loop (fp32)':40s} {base:8.0f} words/s   1.00x")
-    kept = reference_speed(name, windows, warmup)
+    kept = reference_speed(preset, windows, warmup)
     print(f"  {'reference loop (fp32), freed memory kept':40s} {kept:8.0f} words/s   {kept / base:.2f}x")
     precisions = [False, True] if bf16 else [False]
     for mode in DROPOUT_MODES:
@@ -136,13 +132,14 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    windows = {name: windows_for(name, args.steps, args.warmup) for name in args.configs}
+    presets = {name: LM_PRESETS[name]() for name in args.configs}
+    windows = {name: windows_for(presets[name], args.steps, args.warmup) for name in args.configs}
     # The reference first, with glibc's malloc defaults as the example runs; then the setting the recipes train in
     # (it cannot be undone within a process).
-    bases = {name: reference_speed(name, windows[name], args.warmup) for name in args.configs}
+    bases = {name: reference_speed(presets[name], windows[name], args.warmup) for name in args.configs}
     keep_freed_memory()
     for name in args.configs:
-        bench_config(name, windows[name], args.warmup, args.bf16, bases[name])
+        bench_config(name, presets[name], windows[name], args.warmup, args.bf16, bases[name])
 
 
 if __name__ == "__main__":
