@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import keep_freed_memory
 from seq2seq.dropout import DROPOUT_MODES
 from seq2seq.language_model import LanguageModel
@@ -59,7 +60,7 @@ def toolkit_step(model, optimizer, tokens, targets, state, clip, bf16):
         nll, state = model(tokens, state, targets)
     optimizer.zero_grad(set_to_none=True)
     (nll / tokens.shape[1]).backward()
-    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    clip_grad_norm(model.parameters(), clip)
     optimizer.step()
     return state
 

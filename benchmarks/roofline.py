@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from seq2seq.acoustic_model import AcousticModel
+from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
@@ -62,7 +62,7 @@ def ptb(name: str, bf16: bool):
             nll, state = model(tokens[:-1], state, tokens[1:])
         optimizer.zero_grad(set_to_none=True)
         (nll / t.batch_size).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        clip_grad_norm(model.parameters(), t.max_grad_norm)
         optimizer.step()
 
     products = language_model_step(t.batch_size, t.unroll, preset.model.hidden_size, preset.model.num_layers,
@@ -84,7 +84,7 @@ def demo(bf16: bool):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
         (loss / count).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -107,7 +107,7 @@ def timit(bf16: bool):
             logits = model(features, lengths)
         loss, count = model.loss(logits, lengths, labels, *no_phones)
         (loss / count).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from seq2seq.clipping import clip_grad_norm
 from seq2seq.data.batching import token_batches
 from seq2seq.data.encoded import EncodedPairs
 from seq2seq.data.parallel import read_parallel_text
@@ -48,7 +49,7 @@ def training_speed(steps: int) -> None:
         batch = corpus.batch(indices)
         loss, count = model(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, preset.training.label_smoothing)
         (loss / count).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), preset.training.max_grad_norm)
+        clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += int(count)

@@ -31,11 +31,14 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import WEIGHTS_NAME, load_weights, write_json
+from .clipping import clip_grad_norm
 from .config import write_config
 from .devices import keep_freed_memory
 from .errors import UserError, positive
 
 RUN_FILE = "run.json"
+# set-ups where accelerate clips the gradients itself (sharded, or reduced its own way)
+SELF_CLIPPING = (accelerate.DistributedType.FSDP, accelerate.DistributedType.DEEPSPEED, accelerate.DistributedType.XLA)
 
 
 @dataclass
@@ -257,8 +260,14 @@ def check_finite(loss: torch.Tensor, step: int, accelerator, checkpointer: Check
 def clip_gradients(model, max_norm: float, step: int, accelerator, checkpointer: Checkpointer) -> float:
     """Clip the gradients' global norm to max_norm (every rank sees the same, reduced gradients) and stop
     before the update when the norm is inf or NaN: a finite loss can still have such gradients. Under fp16
-    loss scaling they are the scaler's to handle (it skips that update and lowers the scale), so they pass."""
-    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    loss scaling they are the scaler's to handle (it skips that update and lowers the scale), so they pass.
+    FSDP, DeepSpeed and XLA clip their own way (accelerate's); otherwise seq2seq.clipping, which skips the
+    no-op multiply when nothing is clipped."""
+    if accelerator.distributed_type in SELF_CLIPPING:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        accelerator.unscale_gradients()  # fp16: the loss scale removed first (a no-op otherwise)
+        norm = clip_grad_norm(model.parameters(), max_norm)
     if getattr(accelerator, "scaler", None) is None and not bool(torch.isfinite(norm)):
         stop_before_update(f"the gradient norm became {float(norm)} with a finite loss", step, checkpointer)
     return float(norm)
