@@ -33,6 +33,7 @@ from seq2seq.tokenizer import BOS
 from seq2seq.translator import Translator
 
 TIMIT_FRAMES, DEMO_BATCH, DEMO_SRC, DEMO_TGT, DEMO_VOCAB = 300, 110, 16, 19, 4000  # Multi30k-like shapes
+WINDOWS = 64  # random PTB windows, cycled
 
 
 def timed(step, steps: int) -> float:
@@ -52,11 +53,14 @@ def ptb(name: str, bf16: bool):
     t = preset.training
     model = LanguageModel(preset.model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    tokens = torch.randint(0, preset.model.vocab_size, (t.unroll + 1, t.batch_size))
-    state = model.lstm.zero_state(t.batch_size)
+    # A new window every step, as in training: one window over and over at lr 1 is memorised until its
+    # gradients blow up, and every step would clip (a real run clips on ~7 % of its steps)
+    windows = torch.randint(0, preset.model.vocab_size, (WINDOWS, t.unroll + 1, t.batch_size)).unbind(0)
+    state, count = model.lstm.zero_state(t.batch_size), 0
 
     def step():
-        nonlocal state
+        nonlocal state, count
+        tokens, count = windows[count % WINDOWS], count + 1
         state = tuple(s.detach() for s in state)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             nll, state = model(tokens[:-1], state, tokens[1:])

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lstm_reference import reference_stacked_lstm, weights_of
 
-from seq2seq.dropout import DROPOUT_MODES, sample_masks
+from seq2seq.dropout import DROPOUT_MODES, bernoulli_mask, sample_masks
 from seq2seq.translator import decoder_step
 from seq2seq.lstm import StackedLSTM
 
@@ -37,6 +37,29 @@ def test_no_dropout_matches_reference(mode):
     torch.testing.assert_close(y, y_ref, atol=ATOL, rtol=0)
     torch.testing.assert_close(h, h_ref, atol=ATOL, rtol=0)
     torch.testing.assert_close(c, c_ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1,), (15,), (16,), (17,), (1, 3, 7), (20, 20, 200), (3, 1000, 37)])
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.65])
+@pytest.mark.parametrize("explicit_generator", [False, True])
+def test_cpu_masks_equal_bernoulli_bit_for_bit_and_leave_the_generator_where_it_would(shape, p, explicit_generator):
+    """Masks drawn from torch.rand's doubles must be exactly bernoulli_'s, generator state included, or every
+    recorded run with dropout would stop repeating."""
+    def generator():
+        torch.manual_seed(7)
+        return torch.Generator().manual_seed(11) if explicit_generator else None
+
+    gen = generator()
+    expected = torch.empty(shape).bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
+    expected_next = torch.rand(4, generator=gen)
+    gen = generator()
+    mask = bernoulli_mask(shape, p, generator=gen)
+    assert mask.dtype == torch.float32 and mask.shape == shape
+    assert torch.equal(mask, expected)
+    assert torch.equal(torch.rand(4, generator=gen), expected_next)
+    if mask.numel() >= 1000:
+        assert abs(float((mask > 0).float().mean()) - (1.0 - p)) < 0.05
+        assert set(mask.unique().tolist()) == {0.0, float(torch.tensor(1.0) / (1.0 - p))}
 
 
 def test_zaremba_masks_are_fresh_per_step_and_leave_recurrence_alone():
