@@ -222,7 +222,7 @@ class Translator(nn.Module):
         a sentence attend to it like R time steps). Returns log-probs (N, V), or (N, U) over output.ids
         normalised over each sentence's allowed ids, and the new state; with alignment (attention models),
         also the most attended encoder position of each row (N,)."""
-        gates = self._target_gates()[tokens]  # (N, 4H): layer 0's input projection of each token
+        gates = self._target_gates().index_select(0, tokens)  # (N, 4H): layer 0's input projection of each token
         if self.config.input_feeding:
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
             gates = gates.addmm(feed, self.decoder.layers[0].weight_ih_l0[:, self.config.embedding_size:].t())
