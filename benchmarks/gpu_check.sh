@@ -2,7 +2,8 @@
 # The GPU check, one script (at most ~8 minutes on one GPU): the CUDA tests, then in fp32 and in bf16
 #   - PTB medium (2 x 650): seconds per epoch and validation perplexity after the epochs that fit a budget,
 #   - the demo translation preset: training target tokens/s and steps/s,
-#   - beam-5 decoding of test_2016_flickr with seq2seq-translate: sentences/s and BLEU.
+#   - beam-5 decoding of test_2016_flickr with seq2seq-translate: sentences/s and BLEU;
+# then the roofline (benchmarks/roofline.py on the device): each workload's step against its GEMM-bound ceiling.
 #
 #   bash benchmarks/gpu_check.sh                 # on a GPU machine
 #   bash benchmarks/gpu_check.sh --device cpu    # the same steps, small budgets, on a CPU (exercises the code)
@@ -17,8 +18,10 @@ OUT="${OUT_DIR:-runs/gpu_check}"
 mkdir -p "$OUT"
 if [ "$DEVICE" = "cpu" ]; then
     PTB_BUDGET=20; PTB_STEPS=(--max-steps 40); DEMO_STEPS=(--max-steps 30); export ACCELERATE_USE_CPU=true
+    ROOFLINE=(--steps 2 --workloads ptb-small decode)
 else
     PTB_BUDGET=100; PTB_STEPS=(); DEMO_STEPS=(--epochs 3)
+    ROOFLINE=(--steps 10 --workloads ptb-small ptb-medium demo timit decode)
 fi
 PRECISIONS=(no bf16)
 if [ "$DEVICE" = "cpu" ] && ! python -c "import torch, sys; sys.exit(0 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1)"; then
@@ -69,3 +72,7 @@ print(f"beam-5 decoding {sys.argv[2]} on {r['device']} ({r['dtype']}): {r['sente
       f"(model load included) = {r['sentences'] / seconds:.1f} sentences/s, BLEU {r['bleu']:.2f}")
 PY
 done
+
+echo "== roofline on $DEVICE (decode: the fp32 demo model trained above)"
+[ "${#PRECISIONS[@]}" = 1 ] && ROOFLINE+=(--no-bf16)
+python benchmarks/roofline.py --device "$DEVICE" "${ROOFLINE[@]}" --model "$OUT/demo-fp32/model" 2>&1 | grep -v "^USDT"

@@ -2,11 +2,13 @@
 
     python benchmarks/roofline.py [--steps 20] [--workloads ptb-small ptb-medium demo timit] [--no-bf16]
     python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model [--breakdown]  # beam 5
+    python benchmarks/roofline.py --device cuda ...    # on a GPU (the default where there is one)
 
 For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
-(and bf16 where the CPU has AVX512-BF16 / AMX), give the ceiling; the same step of the toolkit's model (forward,
-backward, clipping, optimiser update) timed over --steps steps gives the achieved rate; efficiency is their
-ratio. Data are random ids / features of the preset's shapes: speed does not depend on the words.
+(and bf16 where the CPU has AVX512-BF16 / AMX, or the GPU bf16), on the same device, give the ceiling; the same
+step of the toolkit's model (forward, backward, clipping, optimiser update) timed over --steps steps gives the
+achieved rate; efficiency is their ratio. Data are random ids / features of the preset's shapes: speed does not
+depend on the words (PTB reads a new window each step, as training does, so clipping is as rare as there).
 
 Decoding (`decode`, needs a trained --model): seq2seq-translate's beam search over --input, run once with every
 encoder and decoder step's shapes recorded (rows, sentences, source length, output columns), which give the
@@ -28,41 +30,45 @@ from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
-from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, translator_step
+from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, synchronize, translator_step
 from seq2seq.tokenizer import BOS
 from seq2seq.translator import Translator
 
 TIMIT_FRAMES, DEMO_BATCH, DEMO_SRC, DEMO_TGT, DEMO_VOCAB = 300, 110, 16, 19, 4000  # Multi30k-like shapes
 WINDOWS = 64  # random PTB windows, cycled
+CPU = torch.device("cpu")
 
 
-def timed(step, steps: int) -> float:
-    """Seconds per step: two warm-up steps, then the median of `steps` timed ones."""
+def timed(step, steps: int, device: torch.device = CPU) -> float:
+    """Seconds per step: two warm-up steps, then the median of `steps` timed ones (a GPU's queue drained
+    before and after each)."""
     for _ in range(2):
         step()
     times = []
     for _ in range(steps):
+        synchronize(device)
         start = time.perf_counter()
         step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 
-def ptb(name: str, bf16: bool):
+def ptb(name: str, bf16: bool, device: torch.device = CPU):
     preset = LM_PRESETS[name]()
     t = preset.training
-    model = LanguageModel(preset.model).train()
+    model = LanguageModel(preset.model).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     # A new window every step, as in training: one window over and over at lr 1 is memorised until its
     # gradients blow up, and every step would clip (a real run clips on ~7 % of its steps)
-    windows = torch.randint(0, preset.model.vocab_size, (WINDOWS, t.unroll + 1, t.batch_size)).unbind(0)
-    state, count = model.lstm.zero_state(t.batch_size), 0
+    windows = torch.randint(0, preset.model.vocab_size, (WINDOWS, t.unroll + 1, t.batch_size), device=device).unbind(0)
+    state, count = model.lstm.zero_state(t.batch_size, device), 0
 
     def step():
         nonlocal state, count
         tokens, count = windows[count % WINDOWS], count + 1
         state = tuple(s.detach() for s in state)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             nll, state = model(tokens[:-1], state, tokens[1:])
         optimizer.zero_grad(set_to_none=True)
         (nll / t.batch_size).backward()
@@ -74,18 +80,19 @@ def ptb(name: str, bf16: bool):
     return step, t.unroll * t.batch_size, "words", products
 
 
-def demo(bf16: bool):
+def demo(bf16: bool, device: torch.device = CPU):
     preset = TRANSLATION_PRESETS["demo"]()
     config = dataclasses.replace(preset.model, src_vocab_size=DEMO_VOCAB, tgt_vocab_size=DEMO_VOCAB)
-    model = Translator(config).train()
+    model = Translator(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    src = torch.randint(4, DEMO_VOCAB, (DEMO_SRC, DEMO_BATCH))
-    lengths = torch.full((DEMO_BATCH,), DEMO_SRC)
-    body = torch.randint(4, DEMO_VOCAB, (DEMO_TGT - 1, DEMO_BATCH))
-    tgt_in, tgt_out = torch.cat([torch.full((1, DEMO_BATCH), BOS), body]), torch.cat([body, body[:1]])
+    src = torch.randint(4, DEMO_VOCAB, (DEMO_SRC, DEMO_BATCH), device=device)
+    lengths = torch.full((DEMO_BATCH,), DEMO_SRC, device=device)
+    body = torch.randint(4, DEMO_VOCAB, (DEMO_TGT - 1, DEMO_BATCH), device=device)
+    tgt_in = torch.cat([torch.full((1, DEMO_BATCH), BOS, device=device), body])
+    tgt_out = torch.cat([body, body[:1]])
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
         (loss / count).backward()
         clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
@@ -97,17 +104,18 @@ def demo(bf16: bool):
     return step, DEMO_TGT * DEMO_BATCH, "target tokens", products
 
 
-def timit(bf16: bool):
+def timit(bf16: bool, device: torch.device = CPU):
     preset = ACOUSTIC_PRESETS["default"]()
     c, batch = preset.model, preset.training.batch_size
-    model = AcousticModel(c).train()
+    model = AcousticModel(c).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    features, lengths = torch.randn(TIMIT_FRAMES, batch, c.input_size), torch.full((batch,), TIMIT_FRAMES)
-    labels = torch.randint(0, 48, (TIMIT_FRAMES, batch))
-    no_phones = torch.zeros(batch, 1, dtype=torch.long), torch.ones(batch, dtype=torch.long)
+    features = torch.randn(TIMIT_FRAMES, batch, c.input_size, device=device)
+    lengths = torch.full((batch,), TIMIT_FRAMES, device=device)
+    labels = torch.randint(0, 48, (TIMIT_FRAMES, batch), device=device)
+    no_phones = torch.zeros(batch, 1, dtype=torch.long, device=device), torch.ones(batch, dtype=torch.long, device=device)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(features, lengths)
         loss, count = model.loss(logits, lengths, labels, *no_phones)
         (loss / count).backward()
@@ -120,7 +128,7 @@ def timit(bf16: bool):
     return step, TIMIT_FRAMES * batch, "frames", products
 
 
-def decode(bf16: bool, model_dir, input_path, beam: int = 5, workers: int = 2):
+def decode(bf16: bool, model_dir, input_path, device: torch.device = CPU, beam: int = 5, workers: int = 2):
     from seq2seq.data.parallel import read_text_lines
     from seq2seq.model_dir import load_translator
     from seq2seq.roofline import Product, linear, lstm_layer
@@ -128,7 +136,7 @@ def decode(bf16: bool, model_dir, input_path, beam: int = 5, workers: int = 2):
     from seq2seq.translate import translate_lines
 
     model, src_tok, tgt_tok, payload = load_translator(model_dir)
-    model = model.to(torch.bfloat16) if bf16 else model
+    model = model.to(device, torch.bfloat16 if bf16 else torch.float32)
     shortlist = load_shortlist(model_dir, len(src_tok), len(tgt_tok), (src_tok.fingerprint(), tgt_tok.fingerprint()))
     lines = [line for line in read_text_lines(Path(input_path)) if line]
     defaults = {"alpha": 0.6, "max_len_a": 1.5, "max_len_b": 10}
@@ -198,7 +206,8 @@ def decode_breakdown(model_dir, input_path, bf16: bool, top: int = 12) -> None:
               f"{e.count:9,d} calls {e.self_cpu_time_total / max(e.count, 1):8.1f} us/call")
 
 
-WORKLOADS = {"ptb-small": lambda bf16: ptb("small", bf16), "ptb-medium": lambda bf16: ptb("medium", bf16),
+WORKLOADS = {"ptb-small": lambda bf16, device: ptb("small", bf16, device),
+             "ptb-medium": lambda bf16, device: ptb("medium", bf16, device),
              "demo": demo, "timit": timit, "decode": None}
 
 
@@ -209,14 +218,18 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
     parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
     parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
-    parser.add_argument("--breakdown", action="store_true", help="with decode: also profile one pass and print what "
+    parser.add_argument("--breakdown", action="store_true", help="with decode on a CPU: also profile one pass and print what "
                         "of a step is not a matrix product, and its cost")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the workloads and the ceiling's products run (default: the GPU if there is one)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.manual_seed(0)
     keep_freed_memory()  # the allocator setting the recipes train in
-    precisions = ["fp32"] + (["bf16"] if bf16_supported(torch.device("cpu")) and not args.no_bf16 else [])
-    print(f"torch {torch.__version__} | CPU {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} "
-          f"threads | bf16 {'supported' if 'bf16' in precisions else 'not supported: fp32 only'}")
+    precisions = ["fp32"] + (["bf16"] if bf16_supported(device) and not args.no_bf16 else [])
+    where = (f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else
+             f"CPU {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__} | {where} | bf16 {'supported' if 'bf16' in precisions else 'not supported: fp32 only'}")
     print(f"{'workload':<11} {'precision':<9} {'GFLOP/step':>10} {'ceiling units/s':>16} {'achieved':>10} "
           f"{'efficiency':>10}  unit")
     for name in args.workloads:
@@ -226,18 +239,18 @@ def main() -> None:
         for precision in precisions:
             bf16 = precision == "bf16"
             if name == "decode":
-                step, units, unit, products = decode(bf16, args.model, args.input)
+                step, units, unit, products = decode(bf16, args.model, args.input, device)
                 steps = 3
             else:
-                step, units, unit, products = WORKLOADS[name](bf16)
+                step, units, unit, products = WORKLOADS[name](bf16, device)
                 steps = args.steps
             dtype = torch.bfloat16 if bf16 else torch.float32
-            ceiling = units / ceiling_seconds(products, dtype)
-            achieved = units / timed(step, steps)
+            ceiling = units / ceiling_seconds(products, dtype, device)
+            achieved = units / timed(step, steps, device)
             flops = sum(p.flops() for p in products) / 1e9
             print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
                   f"{achieved / ceiling:10.0%}  {unit}", flush=True)
-    if "decode" in args.workloads and args.model and args.breakdown:
+    if "decode" in args.workloads and args.model and args.breakdown and device.type == "cpu":
         for precision in precisions:
             decode_breakdown(args.model, args.input, precision == "bf16")
 
