@@ -51,10 +51,14 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     """Reverse each column's first lengths[b] steps, leaving its padding at the end. x: (T, B, ...)."""
     if lengths is None:
         return x.flip(0)
-    positions = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+    steps, batch = x.shape[:2]
+    positions = torch.arange(steps, device=x.device).unsqueeze(1)  # (T, 1)
     source = lengths.to(x.device).unsqueeze(0) - 1 - positions  # (T, B)
     source = torch.where(source >= 0, source, positions.expand_as(source))
-    return x.gather(0, source.view(*source.shape, *[1] * (x.dim() - 2)).expand_as(x))  # (T, B, ...)
+    # A permutation of the (T * B) rows: index_select, whose backward is a plain index_add, not gather over an
+    # index expanded to every feature (scatter_add backward): the same values, ~6x less time on TIMIT's shapes.
+    rows = (source * batch + torch.arange(batch, device=x.device)).view(-1)  # (T * B,)
+    return x.reshape(steps * batch, *x.shape[2:]).index_select(0, rows).view(x.shape)  # (T, B, ...)
 
 
 def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tensor | None,
@@ -106,8 +110,14 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
 def at_lengths(steps: Tensor, lengths: Tensor, initial: Tensor) -> Tensor:
     """Each sequence's state after its own last step: steps (T, D, B, u); lengths (B,); initial (D, B, u),
     kept where a length is 0."""
-    index = (lengths - 1).clamp(min=0).view(1, 1, -1, 1).expand(1, *steps.shape[1:])  # (1, D, B, u)
-    return torch.where(lengths.view(1, -1, 1) > 0, steps.gather(0, index)[0], initial)
+    total, directions, batch = steps.shape[:3]
+    lengths = lengths.to(steps.device)
+    last = (lengths - 1).clamp(min=0)  # (B,)
+    # row (t, d, b) of the flattened (T * D * B, u) steps; index_select for reverse_padded's reason
+    rows = (last * directions + torch.arange(directions, device=steps.device).unsqueeze(1)) * batch + torch.arange(
+        batch, device=steps.device)  # (D, B)
+    picked = steps.reshape(total * directions * batch, -1).index_select(0, rows.view(-1)).view(initial.shape)
+    return torch.where(lengths.view(1, -1, 1) > 0, picked, initial)
 
 
 def by_direction(state: Tensor, directions: int) -> Tensor:

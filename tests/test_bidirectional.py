@@ -5,7 +5,7 @@ import torch
 from lstm_reference import mask_at, reference_cell
 
 from seq2seq.dropout import sample_masks
-from seq2seq.lstm import StackedLSTM, reverse_padded
+from seq2seq.lstm import StackedLSTM, at_lengths, reverse_padded
 
 T, B, D, H, L = 6, 3, 5, 8, 2
 ATOL = 1e-5
@@ -109,6 +109,32 @@ def test_reverse_padded_keeps_padding_in_place():
     x = torch.arange(12.0).view(4, 3, 1)
     out = reverse_padded(x, torch.tensor([4, 2, 1]))[..., 0].t().tolist()
     assert out == [[9.0, 6.0, 3.0, 0.0], [4.0, 1.0, 7.0, 10.0], [2.0, 5.0, 8.0, 11.0]]
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (7, 5, 3), (9, 4, 2, 3)])
+def test_reverse_padded_and_its_gradient_equal_a_per_column_flip(shape):
+    """Forward and backward against flipping each column's valid prefix by hand (lengths 0 and full included)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([shape[0], 0, 3, 1, shape[0] - 1][: shape[1]])
+    expected = torch.stack([torch.cat([x[:n, b].flip(0), x[n:, b]]) for b, n in enumerate(lengths.tolist())], dim=1)
+    out = reverse_padded(x, lengths)
+    assert torch.equal(out, expected)
+    grad = torch.randn(shape, dtype=torch.float64)
+    assert torch.equal(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+def test_at_lengths_picks_each_sequences_last_step_and_routes_its_gradient_there():
+    torch.manual_seed(0)
+    steps = torch.randn(6, 2, 4, 3, dtype=torch.float64, requires_grad=True)  # (T, D, B, u)
+    initial = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 0, 2, 1])
+    out = at_lengths(steps, lengths, initial)
+    expected = torch.stack([steps[n - 1, :, b] if n else initial[:, b] for b, n in enumerate(lengths.tolist())], dim=1)
+    assert torch.equal(out, expected)
+    grad = torch.randn(2, 4, 3, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (steps, initial), grad), torch.autograd.grad(expected, (steps, initial), grad)):
+        assert torch.equal(a, b)
 
 
 def test_odd_hidden_size_is_refused():
