@@ -64,7 +64,7 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, *, device=None, generator=N
     the three (20, 20, 200) masks of a PTB step cost ~1.3 ms instead of ~2.8 ms.
     """
     if torch.device(device or "cpu").type == "cpu":
-        keep = (torch.rand(shape, dtype=torch.float64, generator=generator) < 1.0 - p).float()
+        keep = (torch.rand(shape, dtype=torch.float64, generator=generator) < 1.0 - p).to(torch.get_default_dtype())
     else:
         keep = torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=generator)
     return keep.div_(1.0 - p)
