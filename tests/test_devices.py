@@ -82,7 +82,7 @@ block = torch.empty(7_500_000).fill_(1.0)  # 30 MB
 mmapped = mallinfo2().hblkhd - before.hblkhd
 del block
 kept = mallinfo2().fordblks - before.fordblks
-print(applied, mmapped, kept, *[faults() for _ in range(16)])
+print(applied, mmapped, kept, *[faults() for _ in range(48)])
 """
 
 
@@ -91,18 +91,21 @@ print(applied, mmapped, kept, *[faults() for _ in range(16)])
 def test_freed_memory_is_kept_and_reused_without_page_faults():
     """After keep_freed_memory a fresh process takes a 30 MB block from the heap, not from a new mmap, and keeps it
     in the heap when freed (glibc's defaults here: mmapped, 30,003,200 bytes, and unmapped when freed); a step that
-    allocates and frees eight 12 MB temporaries faults their pages in during its first few steps (while aligned
-    allocations settle into the heap) and then reuses them. (Whether glibc's defaults re-fault every step depends
-    on what the process freed before: seen both ways here.)"""
+    allocates and frees eight 12 MB temporaries faults their pages in on its first step and then reuses them. While
+    aligned allocations settle into the heap a few later steps fault one or two blocks in again (2,930 pages each),
+    at a step that varies from process to process (seen at steps 1-18 of 48, in 1 or 4 steps of a run); glibc's
+    defaults here re-fault every step in about half of fresh processes (47 of 47 steps, ~30x the first step's
+    faults in all)."""
     out = subprocess.run([sys.executable, "-c", KEPT_MEMORY_PROBE], capture_output=True, text=True,
                          check=True).stdout
     applied, mmapped, kept, *counts = out.split()
-    faults = [int(count) for count in counts]
+    first, *later = [int(count) for count in counts]
     assert applied == "True"
     assert int(mmapped) == 0
     assert int(kept) >= 30_000_000
-    assert faults[0] > 5000  # the first step takes new pages (96 MB, 30 of them kept from the block): counted
-    assert max(faults[8:]) < 50
+    assert first > 5000  # the first step takes new pages (96 MB, 30 of them kept from the block): counted
+    assert len(later) == 47 and sum(count >= 50 for count in later) <= 6
+    assert sum(later) < 3 * first
 
 
 FIRST_SOFTMAX = """
