@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .dropout import DropoutMasks, check_dropout, sample_masks
+from .recurrence import MaskedLSTMRecurrence
 
 State = tuple[Tensor, Tensor]  # (h, c), each (L, B, H)
 
@@ -80,14 +81,13 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     """
     directions, batch = 2 if lstm.bidirectional else 1, x.shape[1]
     suffixes = ("l0", "l0_reverse")[:directions]
-    inputs = (x, reverse_padded(x, lengths))[:directions]  # the backward direction reads x reversed
-    # The input half of every gate does not depend on t: one large product per direction for all steps.
-    # unbind, not [t]: indexing's backward would write each step's gradient into a zero (D, T, B, 4u) tensor
-    # and add them all up, T^2 work; unbind's backward stacks the T gradients once.
-    x_proj = torch.stack([nn.functional.linear(x_d, getattr(lstm, f"weight_ih_{s}"),
-                                               getattr(lstm, f"bias_ih_{s}") + getattr(lstm, f"bias_hh_{s}"))
-                          for x_d, s in zip(inputs, suffixes)], dim=1).unbind(0)  # T x (D, B, 4u)
-    w_hh_t = torch.stack([getattr(lstm, f"weight_hh_{s}").t() for s in suffixes])  # (D, u, 4u)
+    inputs = (x, reverse_padded(x, lengths)) if directions == 2 else (x,)  # the backward direction reads x reversed
+    # The input half of every gate does not depend on t: one large product per direction for all steps;
+    # the recurrence itself is one autograd node (seq2seq.recurrence).
+    x_proj = _stack([nn.functional.linear(x_d, getattr(lstm, f"weight_ih_{s}"),
+                                          getattr(lstm, f"bias_ih_{s}") + getattr(lstm, f"bias_hh_{s}"))
+                     for x_d, s in zip(inputs, suffixes)], dim=1)  # (T, D, B, 4u)
+    w_hh = _stack([getattr(lstm, f"weight_hh_{s}") for s in suffixes], dim=0)  # (D, 4u, u)
     h, c = (by_direction(state, directions) for state in (h, c))  # (D, B, u)
     if h_mask is not None:
         h_mask = by_direction(h_mask, directions)  # (T or 1, D, B, u)
@@ -96,21 +96,22 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     # Padded steps run on like the others (no per-step select): they come after every valid step of their
     # sequence, so they change nothing before it; their outputs are zeroed and each sequence's final state is
     # taken at its own last step afterwards.
-    initial, outputs, cells = (h, c), [], []
-    for t, x_t in enumerate(x_proj):
-        h_in = h if h_mask is None else h * h_mask[t if h_mask.shape[0] > 1 else 0]
-        h, c = lstm_pointwise(torch.baddbmm(x_t, h_in, w_hh_t), c)  # (D, B, u) each
-        outputs.append(h)
-        cells.append(c)
-    y = torch.stack(outputs)  # (T, D, B, u)
+    initial = (h, c)
+    y, cells = MaskedLSTMRecurrence.apply(x_proj, w_hh, h, c, h_mask)  # (T, D, B, u) each
+    h, c = y[-1], cells[-1]
     if lengths is not None:
-        h, c = at_lengths(y, lengths, initial[0]), at_lengths(torch.stack(cells), lengths, initial[1])
-        y = y * (torch.arange(len(outputs), device=y.device).view(-1, 1, 1, 1) < lengths.view(1, 1, -1, 1))
+        h, c = at_lengths(y, lengths, initial[0]), at_lengths(cells, lengths, initial[1])
+        y = y * (torch.arange(y.shape[0], device=y.device).view(-1, 1, 1, 1) < lengths.view(1, 1, -1, 1))
     if directions == 2:
         y = torch.cat([y[:, 0], reverse_padded(y[:, 1], lengths)], dim=-1)  # (T, B, H)
     else:
         y = y[:, 0]
     return y, h.transpose(0, 1).reshape(batch, -1), c.transpose(0, 1).reshape(batch, -1)
+
+
+def _stack(tensors: list[Tensor], dim: int) -> Tensor:
+    """torch.stack, without the copy when there is one tensor (one direction)."""
+    return tensors[0].unsqueeze(dim) if len(tensors) == 1 else torch.stack(tensors, dim)
 
 
 def at_lengths(steps: Tensor, lengths: Tensor, initial: Tensor) -> Tensor:
