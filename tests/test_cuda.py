@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from lstm_reference import reference_stacked_lstm, weights_of
 from recipe_runs import recipe_args, run
 
 from seq2seq.acoustic_model import AcousticModel, AcousticModelConfig
@@ -36,12 +37,50 @@ def test_fused_kernel_equals_the_step_loop(device, mode):
     torch.testing.assert_close(state[1], c, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["variational", "naive"])
+def test_step_loop_recurrence_equals_the_equations(device, mode):
+    """The step-loop placements' recurrence (seq2seq.recurrence, backward written out) on the device: outputs and
+    every parameter's gradient equal autograd through the from-the-equations LSTM, with padded lengths too."""
+    torch.manual_seed(0)
+    lstm = StackedLSTM(12, 16, 2, dropout=0.4, dropout_mode=mode).to(device)
+    x = torch.randn(9, 4, 12, device=device)
+    state = (torch.randn(2, 4, 16, device=device), torch.randn(2, 4, 16, device=device))
+    masks = lstm.sample_masks(9, 4, device=device)
+    y, (h, c) = lstm(x, state, masks)
+    grads = torch.autograd.grad(y.square().sum() + c.sum(), list(lstm.parameters()))
+    y_ref, _, c_ref = reference_stacked_lstm(x, weights_of(lstm), *state, input_masks=masks.inputs,
+                                             recurrent_masks=masks.recurrent, output_mask=masks.output)
+    grads_ref = torch.autograd.grad(y_ref.square().sum() + c_ref.sum(), list(lstm.parameters()))
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+    lengths = torch.tensor([9, 4, 1, 7], device=device)
+    y, (h, c) = lstm(x, state, masks, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):  # each sequence alone, unpadded, gives its own outputs and state
+        alone = lstm(x[:n, b:b + 1], tuple(s[:, b:b + 1] for s in state), sequence_masks(masks, b, n))
+        torch.testing.assert_close(y[:n, b], alone[0][:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h[:, b], alone[1][0][:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c[:, b], alone[1][1][:, 0], rtol=1e-5, atol=1e-6)
+
+
+def sequence_masks(masks, b: int, n: int):
+    """Sequence b's masks over its first n steps, as a batch of one."""
+    def one(mask):
+        return mask[:n, b:b + 1] if mask.shape[0] > 1 else mask[:, b:b + 1]
+
+    return type(masks)(tuple(map(one, masks.inputs)), None if masks.output is None else one(masks.output),
+                       None if masks.recurrent is None else tuple(map(one, masks.recurrent)))
+
+
 def one_step_losses(name: str, device: str, dtype: torch.dtype) -> tuple[float, bool]:
     """The loss of one training step of a small model under autocast(dtype) and whether every gradient is finite."""
     torch.manual_seed(0)
     with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
-        if name == "language_model":
-            model = LanguageModel(LanguageModelConfig(vocab_size=50, hidden_size=32, num_layers=2)).to(device)
+        if name.startswith("language_model"):  # language_model_variational: the step loop (seq2seq.recurrence)
+            mode, p = ("variational", 0.3) if name.endswith("variational") else ("zaremba", 0.0)
+            model = LanguageModel(LanguageModelConfig(vocab_size=50, hidden_size=32, num_layers=2, dropout=p,
+                                                      dropout_mode=mode)).to(device)
             tokens = torch.randint(0, 50, (11, 4), device=device)
             loss, _ = model(tokens[:-1], None, tokens[1:])
         elif name == "translator":
@@ -58,7 +97,7 @@ def one_step_losses(name: str, device: str, dtype: torch.dtype) -> tuple[float, 
     return loss.item(), all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("name", ["language_model", "translator", "acoustic_model"])
+@pytest.mark.parametrize("name", ["language_model", "language_model_variational", "translator", "acoustic_model"])
 @pytest.mark.parametrize("device, dtype", [("cpu", torch.bfloat16),
                                            pytest.param("cuda", torch.bfloat16, marks=pytest.mark.cuda),
                                            pytest.param("cuda", torch.float16, marks=pytest.mark.cuda)])
