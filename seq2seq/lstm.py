@@ -96,11 +96,11 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     # Padded steps run on like the others (no per-step select): they come after every valid step of their
     # sequence, so they change nothing before it; their outputs are zeroed and each sequence's final state is
     # taken at its own last step afterwards.
-    initial = (h, c)
     y, cells = MaskedLSTMRecurrence.apply(x_proj, w_hh, h, c, h_mask)  # (T, D, B, u) each
-    h, c = y[-1], cells[-1]
-    if lengths is not None:
-        h, c = at_lengths(y, lengths, initial[0]), at_lengths(cells, lengths, initial[1])
+    if lengths is None:
+        h, c = y[-1], cells[-1]
+    else:
+        h, c = at_lengths(y, lengths, h), at_lengths(cells, lengths, c)
         y = y * (torch.arange(y.shape[0], device=y.device).view(-1, 1, 1, 1) < lengths.view(1, 1, -1, 1))
     if directions == 2:
         y = torch.cat([y[:, 0], reverse_padded(y[:, 1], lengths)], dim=-1)  # (T, B, H)

@@ -57,7 +57,7 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             sigmoid_if = gates[..., :2 * units].unbind(0)
             gates_t, h_in_t = gates.unbind(0), h_in.unbind(0)
             hs_t, cs_t, tanh_cs_t = hs.unbind(0), cs.unbind(0), tanh_cs.unbind(0)
-            masks = [None] * steps if h_mask is None else h_mask.expand(steps, -1, -1, -1).unbind(0)
+            masks = _per_step(h_mask, steps)
             h, c = h0, c0
             for t in range(steps):
                 h = h_in_t[t].copy_(h) if masks[t] is None else torch.mul(h, masks[t], out=h_in_t[t])
@@ -84,9 +84,7 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             jac_o = jac[..., 3 * units:].unbind(0)
             grad_ifg = grad_gates.view(steps, directions, batch, 4, units)[:, :, :, :3].unbind(0)
             grad_o = grad_gates[..., 3 * units:].unbind(0)
-            grad_hs_t = [None] * steps if grad_hs is None else grad_hs.unbind(0)
-            grad_cs_t = [None] * steps if grad_cs is None else grad_cs.unbind(0)
-            masks = [None] * steps if h_mask is None else h_mask.expand(steps, -1, -1, -1).unbind(0)
+            grad_hs_t, grad_cs_t, masks = (_per_step(x, steps) for x in (grad_hs, grad_cs, h_mask))
             dh_in = mask = dc = None  # from the step after: the gradient at its h_in and its mask; at c_t
             for t in reversed(range(steps)):
                 dh, dc = _through_mask(grad_hs_t[t], dh_in, mask), _sum(grad_cs_t[t], dc)
@@ -129,6 +127,11 @@ def _steps(gates: Tensor, units: int) -> list[tuple[Tensor, ...]]:
     """The four gates' columns of (T, ..., 4u), each as T per-step views (unbinding once is cheaper than
     indexing every step)."""
     return [gates[..., n * units:(n + 1) * units].unbind(0) for n in range(4)]
+
+
+def _per_step(x: Tensor | None, steps: int) -> list | tuple[Tensor, ...]:
+    """x (T or 1, ...) as T per-step views (a (1, ...) tensor is the same at every step); None: T Nones."""
+    return [None] * steps if x is None else x.expand(steps, *x.shape[1:]).unbind(0)
 
 
 def _through_mask(grad: Tensor | None, dh_in: Tensor | None, mask: Tensor | None) -> Tensor | None:
