@@ -26,8 +26,8 @@ class LuongAttention(nn.Module):
         at real tokens. Returns the attentional hidden states (T, B, H), and with return_weights the
         attention weights (B, T, S) too."""
         scores = torch.bmm(query.transpose(0, 1), keys)  # (B, T, S)
-        scores = scores.masked_fill(~src_mask.unsqueeze(1), float("-inf"))
+        scores = scores.masked_fill_(~src_mask.unsqueeze(1), float("-inf"))  # in place: bmm saves its inputs only
         weights = torch.softmax(scores, dim=-1)  # (B, T, S)
         context = torch.bmm(weights, memory.transpose(0, 1)).transpose(0, 1)  # (T, B, H)
-        attended = torch.tanh(self.combine(torch.cat([context, query], dim=-1)))
+        attended = self.combine(torch.cat([context, query], dim=-1)).tanh_()  # (T, B, H)
         return (attended, weights) if return_weights else attended

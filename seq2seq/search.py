@@ -40,14 +40,18 @@ def max_lengths(src_lengths: Tensor, max_len_a: float, max_len_b: int) -> Tensor
     return (src_lengths.float() * max_len_a + max_len_b).long().clamp(min=1)
 
 
-def constrain(log_probs: Tensor, step: int, limit: Tensor, min_len: int, eos: int = EOS,
+def constrain(log_probs: Tensor, step: int, limit: Tensor | None, min_len: int, eos: int = EOS,
               banned: tuple[int, ...] = (PAD, BOS)) -> Tensor:
     """Never the banned columns (<pad>, <s>); no </s> (column eos) before min_len tokens; nothing but </s>
-    once a row has `limit` tokens. log_probs: (N, V), changed in place; limit: (N,). No host sync."""
+    once a row has `limit` tokens. log_probs: (N, V), changed in place; limit: (N,), or None when the caller
+    knows that no row has reached its limit yet (beam search keeps the limits on the host and skips the
+    five operations on every step but the last few). No host sync."""
     if banned:
         log_probs[:, list(banned)] = float("-inf")
     if step < min_len:
         log_probs[:, eos] = float("-inf")
+    if limit is None:
+        return log_probs
     at_limit = limit <= step  # (N,)
     ended = log_probs[:, eos].clone()  # (N,)
     log_probs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
@@ -107,7 +111,8 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
     limits = limit.tolist()
     scores = torch.zeros((batch, 1), device=device)  # (B', R): R live hypotheses per sentence
     tokens = torch.full((batch,), BOS, dtype=torch.long, device=device)
-    trail: list[tuple[list[int], list[int], list[int]]] = []  # per step: each live row's parent, token, position
+    # per step: each live row's parent, token, and attended position (None when no alignment is asked)
+    trail: list[tuple[list[int], list[int], list[int] | None]] = []
     active = list(range(batch))  # the corpus sentence behind each row group
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     output, eos, banned = None, EOS, (PAD, BOS)  # log-prob columns are target ids
@@ -119,12 +124,13 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         if alignment:
             log_probs, state, positions = model.step(tokens, state, memory, output, alignment=True)
         else:
-            log_probs, state = model.step(tokens, state, memory, output)
-            positions = torch.zeros(groups * rows, dtype=torch.long, device=device)
-        log_probs = constrain(log_probs, step, limit.repeat_interleave(rows), min_len, eos, banned)  # (B' * R, V)
+            (log_probs, state), positions = model.step(tokens, state, memory, output), None
+        row_limit = limit.repeat_interleave(rows) if step >= min(limits[s] for s in active) else None
+        log_probs = constrain(log_probs, step, row_limit, min_len, eos, banned)  # (B' * R, V)
         vocab = log_probs.shape[-1]
-        # (B', R, V) summed with each row's score, then (B', R * V): every extension of every hypothesis
-        candidates = (scores.unsqueeze(-1) + log_probs.view(groups, rows, vocab)).view(groups, rows * vocab)
+        # (B', R, V) summed with each row's score (in place: log_probs is ours), then (B', R * V): every
+        # extension of every hypothesis
+        candidates = log_probs.view(groups, rows, vocab).add_(scores.unsqueeze(-1)).view(groups, rows * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, rows * vocab), dim=-1)  # (B', 2K)
         top_beam, top_token = top_index // vocab, top_index % vocab
         if output is not None:
@@ -135,9 +141,10 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         picked = top_beam.gather(1, order) + torch.arange(groups, device=device).unsqueeze(1) * rows  # (B', K)
         tokens = top_token.gather(1, order)  # (B', K)
         width = min(k, top_scores.shape[1])
-        host = torch.cat([top_scores[:, :width].double(), top_beam[:, :width].double(), top_token[:, :width].double(),
-                          scores[:, :1].double(), picked.double(), tokens.double(),
-                          positions.view(groups, rows).double()], dim=1).tolist()  # (B', ...): the one sync
+        columns = [top_scores[:, :width], top_beam[:, :width], top_token[:, :width], scores[:, :1], picked, tokens]
+        if positions is not None:
+            columns.append(positions.view(groups, rows))
+        host = torch.cat([column.double() for column in columns], dim=1).tolist()  # (B', ...): the one sync
         done = [retire(finished[active[g]], row, width, g * rows, trail, step, alpha, k, nbest, limits[active[g]])
                 for g, row in enumerate(host)]
         if all(done):
@@ -147,6 +154,7 @@ def beam_search(model, src: Tensor, src_lengths: Tensor, beam_size: int = 5, alp
         at = 3 * width + 1  # host row: ..., picked (width_alive), tokens (width_alive), positions (rows)
         parents = [int(p) for g in keep for p in host[g][at : at + width_alive]]
         trail.append((parents, [int(t) for g in keep for t in host[g][at + width_alive : at + 2 * width_alive]],
+                      None if positions is None else
                       [int(host[p // rows][at + 2 * width_alive + p % rows]) for p in parents]))
         state = state.select(picked.view(-1))  # rows (B' * K,)
         if len(keep) < groups:  # drop finished sentences from the batch
@@ -179,7 +187,8 @@ def backtrack(trail, row: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     tokens, positions = [], []
     for parents, step_tokens, step_positions in reversed(trail):
         tokens.append(step_tokens[row])
-        positions.append(step_positions[row])
+        if step_positions is not None:
+            positions.append(step_positions[row])
         row = parents[row]
     return tuple(reversed(tokens)), tuple(reversed(positions))
 

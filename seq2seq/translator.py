@@ -237,7 +237,7 @@ class Translator(nn.Module):
             logits = self.output(top)  # (N, V)
         else:
             logits = nn.functional.linear(top, output.weight, output.bias)  # (N, U)
-            logits = logits.view(len(output.mask), -1, len(output.ids)) + output.mask.unsqueeze(1)  # (B, R, U)
+            logits = logits.view(len(output.mask), -1, len(output.ids)).add_(output.mask.unsqueeze(1))  # (B, R, U)
             logits = logits.flatten(0, 1)  # (N, U)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         state = DecoderState(h, c, top if self.config.input_feeding else None)
@@ -264,6 +264,7 @@ class Translator(nn.Module):
         return self._gates_table
 
 
+@torch.no_grad()  # for search: the cell works in place (seq2seq.lstm.lstm_pointwise)
 def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Tensor],
                  first_gates: Tensor | None = None, parents: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One time step of a unidirectional StackedLSTM without dropout, for search.
@@ -288,9 +289,10 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
         if parents is None:
             gates = torch.addmm(gates, h, layer.weight_hh_l0.t())  # (N, 4H)
         else:
-            # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H)
-            gates = gates + ((h if distinct is None else h.index_select(0, distinct)) @ layer.weight_hh_l0.t()
-                             ).index_select(0, inverse)
+            # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H), the input half added
+            # into that fresh copy (the same sum: a third (N, 4H) buffer costs more than the addition)
+            gates = ((h if distinct is None else h.index_select(0, distinct)) @ layer.weight_hh_l0.t()
+                     ).index_select(0, inverse).add_(gates)
             c = c.index_select(0, parents)  # (N, H)
         x, c = lstm_pointwise(gates, c)
         hs.append(x)

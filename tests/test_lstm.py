@@ -9,7 +9,7 @@ from lstm_reference import reference_stacked_lstm, weights_of
 
 from seq2seq.dropout import DROPOUT_MODES, bernoulli_mask, sample_masks
 from seq2seq.translator import decoder_step
-from seq2seq.lstm import StackedLSTM
+from seq2seq.lstm import StackedLSTM, lstm_pointwise
 
 T, B, D, H, L = 7, 3, 5, 6, 3
 ATOL = 1e-5
@@ -240,3 +240,18 @@ def test_single_step_equals_reference_step_by_step():
             torch.testing.assert_close(y, y_ref[t], atol=ATOL, rtol=0)
         torch.testing.assert_close(current[0], h_ref, atol=ATOL, rtol=0)
         torch.testing.assert_close(current[1], c_ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("rows, units", [(320, 256), (7, 200), (5, 37)])
+def test_in_place_cell_equals_the_out_of_place_equations_bit_for_bit(rows, units):
+    """Search's cell works in place on its gates; the values are those of the equations written out of place,
+    to the last bit (so decoding repeats earlier runs exactly), and the cell state passed in is left alone."""
+    torch.manual_seed(rows)
+    gates, c = torch.randn(rows, 4 * units) * 3, torch.randn(rows, units)
+    i, f, g, o = gates.chunk(4, -1)
+    c_expected = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_expected = torch.sigmoid(o) * torch.tanh(c_expected)
+    c_before = c.clone()
+    h_new, c_new = lstm_pointwise(gates, c)
+    assert torch.equal(h_new, h_expected) and torch.equal(c_new, c_expected)
+    assert torch.equal(c, c_before) and h_new.is_contiguous()
