@@ -232,7 +232,7 @@ class Translator(nn.Module):
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True)
             top = top.transpose(0, 1).reshape(tokens.shape[0], -1)  # (N, H)
-            positions = weights.argmax(dim=-1).reshape(-1)  # (B, R) -> (N,)
+            positions = weights.argmax(dim=-1).reshape(-1) if alignment else None  # (B, R) -> (N,)
         if output is None:
             logits = self.output(top)  # (N, V)
         else:
