@@ -30,6 +30,7 @@ from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
+from seq2seq.products import prepare_for_search
 from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, synchronize, translator_step
 from seq2seq.tokenizer import BOS
 from seq2seq.translator import Translator
@@ -136,7 +137,7 @@ def decode(bf16: bool, model_dir, input_path, device: torch.device = CPU, beam: 
     from seq2seq.translate import translate_lines
 
     model, src_tok, tgt_tok, payload = load_translator(model_dir)
-    model = model.to(device, torch.bfloat16 if bf16 else torch.float32)
+    model = prepare_for_search(model, device, torch.bfloat16 if bf16 else torch.float32)  # as seq2seq-translate does
     shortlist = load_shortlist(model_dir, len(src_tok), len(tgt_tok), (src_tok.fingerprint(), tgt_tok.fingerprint()))
     lines = [line for line in read_text_lines(Path(input_path)) if line]
     defaults = {"alpha": 0.6, "max_len_a": 1.5, "max_len_b": 10}

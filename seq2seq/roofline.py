@@ -103,8 +103,12 @@ def synchronize(device: str) -> None:
 
 
 def ceiling_seconds(products: list[Product], dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    """The time of the products alone, each at its own measured rate: no step of the workload can be faster."""
-    return sum(p.flops() / rate(p.m, p.k, p.n, dtype, device) for p in products)
+    """The time of the products alone, each at its own measured rate: no step of the workload can be faster.
+    With a lower precision allowed (bf16, fp16), each product counts at the faster of it and fp32: small products
+    (attention over one sentence, a recurrent step of a small batch) can run faster in fp32, and a workload may
+    run any product in either (bf16 search on a CPU does: seq2seq.products)."""
+    dtypes = {torch.float32, dtype}
+    return sum(p.flops() / max(rate(p.m, p.k, p.n, d, device) for d in dtypes) for p in products)
 
 
 def speed_record(units_per_second: float, per_step_units: float, products: list[Product], precision: str,

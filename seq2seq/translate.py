@@ -41,6 +41,7 @@ from .devices import DTYPES, choose_device, choose_dtype
 from .errors import ArgumentParser, UserError, exits_cleanly, positive
 from .metrics import check_aligned, corpus_scores, paired_bootstrap
 from .model_dir import load_translator
+from .products import prepare_for_search
 from .search import Hypothesis, beam_search
 from .shortlist import SHORTLIST_NAME, Shortlist, load_shortlist
 from .tokenizer import Tokenizer, to_tensor
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     device = choose_device(args.device)
     model, src_tok, tgt_tok, payload = load_translator(args.model)
     dtype = choose_dtype(args.dtype, device, lambda line: print(f"seq2seq-translate: {line}", file=sys.stderr))
-    model = model.to(device=device, dtype=dtype)
+    model = prepare_for_search(model, device, dtype)  # bf16 on a CPU: the large products only (seq2seq.products)
     options = decoding_options(args, payload)
     if args.alignment and args.nbest > 1:
         raise UserError("--alignment writes one hypothesis per line: use it with --nbest 1")

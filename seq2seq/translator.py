@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .attention import LuongAttention
 from .dropout import DropoutMasks, check_dropout
 from .lstm import StackedLSTM, lstm_pointwise, reverse_padded
+from .products import Products
 from .softmax import linear_cross_entropy
 from .tokenizer import PAD
 
@@ -137,6 +138,7 @@ class Translator(nn.Module):
             nn.init.uniform_(parameter, -c.init_scale, c.init_scale)
         if c.tie_embeddings:
             self.output.weight = self.tgt_embedding.weight
+        self.products = Products()  # search's matrix products (seq2seq.products): as nn.Linear, unless set
 
     def encode(self, src: Tensor, src_lengths: Tensor,
                masks: DropoutMasks | None = None) -> tuple[Memory, DecoderState]:
@@ -213,7 +215,7 @@ class Translator(nn.Module):
     def output_slice(self, ids: Tensor, allowed: Tensor) -> OutputSlice:
         """ids: (U,) target ids; allowed: (B, U) which of them each sentence may emit."""
         mask = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
-        return OutputSlice(ids, self.output.weight[ids], self.output.bias[ids], mask)
+        return OutputSlice(ids, self.products.weight(self.output.weight)[ids], self.output.bias[ids], mask)
 
     def step(self, tokens: Tensor, state: DecoderState, memory: Memory, output: OutputSlice | None = None,
              alignment: bool = False) -> tuple[Tensor, DecoderState] | tuple[Tensor, DecoderState, Tensor]:
@@ -222,21 +224,24 @@ class Translator(nn.Module):
         a sentence attend to it like R time steps). Returns log-probs (N, V), or (N, U) over output.ids
         normalised over each sentence's allowed ids, and the new state; with alignment (attention models),
         also the most attended encoder position of each row (N,)."""
+        linear = self.products.linear  # fp32, or the large products in bf16 (seq2seq.products)
         gates = self._target_gates().index_select(0, tokens)  # (N, 4H): layer 0's input projection of each token
         if self.config.input_feeding:
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
-            gates = gates.addmm(feed, self.decoder.layers[0].weight_ih_l0[:, self.config.embedding_size:].t())
+            weight_feed = self.products.weight(self.decoder.layers[0].weight_ih_l0)[:, self.config.embedding_size:]
+            gates = linear(feed, weight_feed, gates)  # (N, 4H)
         top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates,
-                                   parents=state.rows)  # top: (N, H)
+                                   parents=state.rows, linear=linear)  # top: (N, H)
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
-            top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True)
+            top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True,
+                                          linear=linear)
             top = top.transpose(0, 1).reshape(tokens.shape[0], -1)  # (N, H)
             positions = weights.argmax(dim=-1).reshape(-1) if alignment else None  # (B, R) -> (N,)
         if output is None:
-            logits = self.output(top)  # (N, V)
+            logits = linear(top, self.output.weight, self.output.bias)  # (N, V)
         else:
-            logits = nn.functional.linear(top, output.weight, output.bias)  # (N, U)
+            logits = linear(top, output.weight, output.bias)  # (N, U)
             logits = logits.view(len(output.mask), -1, len(output.ids)).add_(output.mask.unsqueeze(1))  # (B, R, U)
             logits = logits.flatten(0, 1)  # (N, U)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
@@ -266,13 +271,15 @@ class Translator(nn.Module):
 
 @torch.no_grad()  # for search: the cell works in place (seq2seq.lstm.lstm_pointwise)
 def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Tensor],
-                 first_gates: Tensor | None = None, parents: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                 first_gates: Tensor | None = None, parents: Tensor | None = None,
+                 linear=nn.functional.linear) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One time step of a unidirectional StackedLSTM without dropout, for search.
 
     x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
     computed (a decoder can table it per target token); state: (h, c) each (L, B, H); parents: (N,)
     the state row each new row continues (None: row n continues row n). W_hh h is computed once per
-    distinct parent: in beam search several hypotheses often extend the same one.
+    distinct parent: in beam search several hypotheses often extend the same one. linear(x, weight, bias)
+    computes the products (seq2seq.products: in bf16 with fp32 around them, for a CPU).
     Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
     is a third of the work. Returns the top output (N, H) and the new state.
     """
@@ -284,15 +291,15 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
         if index == 0 and first_gates is not None:
             gates = first_gates
         else:
-            gates = nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
+            gates = linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
         h, c = state[0][index], state[1][index]  # (B, H)
         if parents is None:
-            gates = torch.addmm(gates, h, layer.weight_hh_l0.t())  # (N, 4H)
+            gates = linear(h, layer.weight_hh_l0, gates)  # (N, 4H): gates + W_hh h (in fp32, one addmm)
         else:
             # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H), the input half added
             # into that fresh copy (the same sum: a third (N, 4H) buffer costs more than the addition)
-            gates = ((h if distinct is None else h.index_select(0, distinct)) @ layer.weight_hh_l0.t()
-                     ).index_select(0, inverse).add_(gates)
+            gates = linear(h if distinct is None else h.index_select(0, distinct), layer.weight_hh_l0
+                           ).index_select(0, inverse).add_(gates)
             c = c.index_select(0, parents)  # (N, H)
         x, c = lstm_pointwise(gates, c)
         hs.append(x)

@@ -31,3 +31,16 @@ def test_the_ceiling_is_the_sum_of_each_products_own_time():
     assert both == pytest.approx(big.flops() / rate(256, 256, 256) + small.flops() / rate(4, 64, 256))
     assert ceiling_seconds([big, big]) == pytest.approx(2 * ceiling_seconds([big]))
     assert ceiling_seconds([Product(256, 256, 256, times=3)]) == pytest.approx(3 * ceiling_seconds([big]))
+
+
+def test_a_lower_precision_ceiling_counts_each_product_at_its_faster_precision():
+    """bf16 allowed: every product at the faster of its fp32 and bf16 rates (measured on this machine), so the
+    ceiling is never above either precision's own."""
+    import torch
+    measured_rate.cache_clear()
+    products = [Product(256, 256, 1024), Product(5, 256, 20, times=64)]
+    mixed = ceiling_seconds(products, torch.bfloat16)
+    best = sum(p.flops() / max(rate(p.m, p.k, p.n), rate(p.m, p.k, p.n, torch.bfloat16)) for p in products)
+    assert mixed == pytest.approx(best)
+    assert mixed <= ceiling_seconds(products) * (1 + 1e-9)
+    assert mixed <= sum(p.flops() / rate(p.m, p.k, p.n, torch.bfloat16) for p in products) * (1 + 1e-9)

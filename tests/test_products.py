@@ -1,0 +1,76 @@
+"""Search's matrix products in a lower precision (seq2seq.products): fp32 untouched, bf16 products with fp32
+around them, weights cast once and again only when they change."""
+
+import pytest
+import torch
+from torch import nn
+
+from seq2seq.products import Products, prepare_for_search
+from seq2seq.search import beam_search
+from seq2seq.translator import Translator, TranslatorConfig
+
+
+def test_without_a_dtype_it_is_nn_linear_to_the_last_bit():
+    torch.manual_seed(0)
+    x, weight, bias, rows = torch.randn(7, 16), torch.randn(12, 16), torch.randn(12), torch.randn(7, 12)
+    products = Products()
+    assert torch.equal(products.linear(x, weight), nn.functional.linear(x, weight))
+    assert torch.equal(products.linear(x, weight, bias), nn.functional.linear(x, weight, bias))
+    assert torch.equal(products.linear(x, weight, rows), torch.addmm(rows, x, weight.t()))  # a bias per row
+    assert products.weight(weight) is weight
+
+
+def test_bf16_products_are_the_bf16_product_widened_then_biased_in_fp32():
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(9, 32), torch.randn(24, 32), torch.randn(24)
+    out = Products(torch.bfloat16).linear(x, weight, bias)
+    expected = (x.bfloat16() @ weight.bfloat16().t()).float() + bias
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    torch.testing.assert_close(out, nn.functional.linear(x, weight, bias), atol=0.25, rtol=0.02)
+
+
+def test_a_weight_is_cast_once_and_again_after_it_changes():
+    weight = nn.Parameter(torch.randn(8, 4))
+    products = Products(torch.bfloat16)
+    first = products.weight(weight)
+    assert first.dtype == torch.bfloat16 and products.weight(weight) is first  # kept
+    with torch.no_grad():
+        weight.mul_(2)  # an optimiser step or load_state_dict changes it in place
+    second = products.weight(weight)
+    assert second is not first and torch.equal(second, (weight.detach() * 1).bfloat16())
+    already = torch.randn(3, 4).bfloat16()
+    assert products.weight(already) is already  # nothing to cast
+
+
+def small_translator(**changes):
+    torch.manual_seed(3)
+    config = TranslatorConfig(src_vocab_size=40, tgt_vocab_size=30, embedding_size=16, hidden_size=16, num_layers=2,
+                              dropout=0.0, attention=True, **changes)
+    return Translator(config).eval()
+
+
+@pytest.mark.parametrize("changes", [{}, {"input_feeding": True}])
+def test_bf16_search_on_a_cpu_keeps_fp32_and_agrees_with_fp32_search(changes):
+    model = small_translator(**changes)
+    src = torch.randint(4, 40, (6, 3))
+    lengths = torch.tensor([6, 4, 5])
+    with torch.no_grad():
+        reference = beam_search(model, src, lengths, beam_size=3, alpha=0.6)
+        memory, state = model.encode(src, lengths)
+        tokens = torch.tensor([2, 2, 2])
+        exact, _ = model.step(tokens, state, memory)
+        model = prepare_for_search(model, torch.device("cpu"), torch.bfloat16)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        low, new_state = model.step(tokens, state, memory)
+        found = beam_search(model, src, lengths, beam_size=3, alpha=0.6)
+    assert low.dtype == torch.float32 and new_state.h.dtype == torch.float32
+    torch.testing.assert_close(low, exact, atol=0.05, rtol=0)  # only the products are rounded to bf16
+    assert len(model.products._casts) <= 2 * 2 + 2  # decoder W_ih, W_hh; W_c; the output layer: no growth
+    assert [len(hyps) for hyps in found] == [len(hyps) for hyps in reference]
+
+
+def test_other_precisions_and_devices_cast_the_whole_model():
+    model = prepare_for_search(small_translator(), torch.device("cpu"), torch.float32)
+    assert model.products.dtype is None and all(p.dtype == torch.float32 for p in model.parameters())
+    elsewhere = prepare_for_search(small_translator(), torch.device("meta"), torch.bfloat16)  # as on a GPU
+    assert elsewhere.products.dtype is None and all(p.dtype == torch.bfloat16 for p in elsewhere.parameters())
