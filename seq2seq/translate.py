@@ -227,7 +227,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto, CUDA when available)")
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="decoding precision; auto: bf16 where "
                         "the hardware serves it, else fp32; bf16 or fp16 (CUDA) where served, else fp32 with a one-line "
-                        "notice (default: auto)")
+                        "notice; bf16 on a CPU runs the large matrix products in bf16 and the rest in fp32 (default: auto)")
     parser.add_argument("--workers", type=positive(int), help="batches decoded at once in threads on a CPU (default: 2 "
                                                               "with 2+ threads, else 1; always 1 on CUDA)")
     parser.add_argument("--ref", type=Path, help="reference translations: print BLEU and chrF to stderr")
