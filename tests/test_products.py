@@ -7,6 +7,7 @@ from torch import nn
 
 from seq2seq.products import Products, prepare_for_search
 from seq2seq.search import beam_search
+from seq2seq.shortlist import Shortlist
 from seq2seq.translator import Translator, TranslatorConfig
 
 
@@ -74,3 +75,19 @@ def test_other_precisions_and_devices_cast_the_whole_model():
     assert model.products.dtype is None and all(p.dtype == torch.float32 for p in model.parameters())
     elsewhere = prepare_for_search(small_translator(), torch.device("meta"), torch.bfloat16)  # as on a GPU
     assert elsewhere.products.dtype is None and all(p.dtype == torch.bfloat16 for p in elsewhere.parameters())
+
+
+def test_bf16_search_over_a_shortlist_uses_the_cast_output_layer():
+    """The shortlist's rows of the output layer come from the bf16 cast; search over them agrees with the exact
+    bf16 search where the shortlist lists everything."""
+    model = prepare_for_search(small_translator(), torch.device("cpu"), torch.bfloat16)
+    with torch.no_grad():
+        model.output.bias[:2] = -1e4  # <pad>, <s>: never listed, so give them no mass in the full softmax either
+    every = Shortlist(torch.arange(30).expand(40, -1).clone(), torch.arange(30))
+    src, lengths = torch.randint(4, 40, (5, 2)), torch.tensor([5, 3])
+    with torch.no_grad():
+        output = model.output_slice(*every.candidates(src, lengths))
+        listed = beam_search(model, src, lengths, beam_size=3, shortlist=every)
+        exact = beam_search(model, src, lengths, beam_size=3)
+    assert output.weight.dtype == torch.bfloat16 and output.bias.dtype == torch.float32
+    assert [[h.tokens for h in hyps] for hyps in listed] == [[h.tokens for h in hyps] for hyps in exact]
