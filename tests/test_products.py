@@ -46,11 +46,11 @@ def test_a_weight_is_cast_once_and_again_after_it_changes():
 def small_translator(**changes):
     torch.manual_seed(3)
     config = TranslatorConfig(src_vocab_size=40, tgt_vocab_size=30, embedding_size=16, hidden_size=16, num_layers=2,
-                              dropout=0.0, attention=True, **changes)
+                              dropout=0.0, **({"attention": True} | changes))
     return Translator(config).eval()
 
 
-@pytest.mark.parametrize("changes", [{}, {"input_feeding": True}])
+@pytest.mark.parametrize("changes", [{}, {"input_feeding": True}, {"attention": False}])
 def test_bf16_search_on_a_cpu_keeps_fp32_and_agrees_with_fp32_search(changes):
     model = small_translator(**changes)
     src = torch.randint(4, 40, (6, 3))
@@ -66,7 +66,10 @@ def test_bf16_search_on_a_cpu_keeps_fp32_and_agrees_with_fp32_search(changes):
         found = beam_search(model, src, lengths, beam_size=3, alpha=0.6)
     assert low.dtype == torch.float32 and new_state.h.dtype == torch.float32
     torch.testing.assert_close(low, exact, atol=0.05, rtol=0)  # only the products are rounded to bf16
-    assert len(model.products._casts) <= 2 * 2 + 2  # decoder W_ih, W_hh; W_c; the output layer: no growth
+    # one cast per weight, however many steps ran: W_hh of both layers, W_ih of layer 1 (layer 0's is tabled, but
+    # for its input-feeding half), W_c, the output layer
+    c = model.config
+    assert len(model.products._casts) == 2 + 1 + c.input_feeding + c.attention + 1
     assert [len(hyps) for hyps in found] == [len(hyps) for hyps in reference]
 
 
