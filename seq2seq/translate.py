@@ -26,6 +26,7 @@ import argparse
 import os
 import select
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -274,17 +275,20 @@ def main(argv: list[str] | None = None) -> None:
     workers = args.workers or min(2, torch.get_num_threads())
     torch.set_grad_enabled(False)
     best: list[str] = []
-    count = 0
+    count, seconds = 0, 0.0  # seconds: in the search only (not loading, reading input or writing)
     with output_sink(args.output) as write:
         for lines in input_chunks(args.input, args.buffer_size or args.batch_size):
+            started = time.perf_counter()
             results = translate_lines(model, src_tok, tgt_tok, lines, batch_size=args.batch_size, nbest=args.nbest,
                                       shortlist=shortlist, workers=workers, alignment=args.alignment, **options)
+            seconds += time.perf_counter() - started
             write(formatted(results, count, args.nbest, args.alignment))
             best.extend(row[0][0] for row in results)  # kept to score against --ref
             count += len(lines)
     report = {"sentences": count, "model": str(args.model), "src_lang": payload.get("src_lang"),
               "tgt_lang": payload.get("tgt_lang"), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-              "decoding": options | {"shortlist": shortlist is not None, "workers": workers}}
+              "decoding": options | {"shortlist": shortlist is not None, "workers": workers},
+              "speed": decoding_speed(count, seconds, dtype, device)}
     if args.ref:
         references = read_text_lines(args.ref)
         check_aligned(best, references, where=f"--ref {args.ref}")
@@ -296,6 +300,14 @@ def main(argv: list[str] | None = None) -> None:
             report["paired_bootstrap"] = compare(read_text_lines(args.compare), best, references, args.compare)
     if args.results_json:
         write_json(args.results_json, report)
+
+
+def decoding_speed(sentences: int, seconds: float, dtype: torch.dtype, device: torch.device) -> dict:
+    """Sentences per second of search, with the precision and the CPU it ran on (results.json's `speed` block;
+    the GEMM-bound ceiling of a decode is `benchmarks/roofline.py --workloads decode`, too slow to time per run)."""
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return {"units_per_sec": sentences / seconds if seconds > 0 else 0.0, "unit": "sentences", "seconds": seconds,
+            "precision": precision, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(device)}
 
 
 def compare(other: list[str], best: list[str], references: list[str], path: Path) -> dict:

@@ -67,6 +67,10 @@ def test_cli_reproduces_the_recipe_and_sacrebleu(trained, tmp_path):
     assert (tmp_path / "test.hyp").read_text() == (out / "test.hyp").read_text()
     scores = json.loads(scores_json.read_text())
     assert scores["bleu"] == pytest.approx(results["bleu"])
+    speed = scores["speed"]  # the search's own time, without loading the model or reading the input
+    assert speed["unit"] == "sentences" and speed["seconds"] > 0 and speed["device"] == "cpu"
+    assert speed["units_per_sec"] == pytest.approx(scores["sentences"] / speed["seconds"])
+    assert speed["precision"] == {"bfloat16": "bf16", "float32": "fp32"}[scores["dtype"]]
     cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(root / "test.fr"), "-i", str(tmp_path / "test.hyp"),
                           "-m", "bleu", "-b", "-w", "6"], capture_output=True, text=True, check=True)
     assert round(scores["bleu"], 6) == pytest.approx(float(cli.stdout), abs=1e-6)
