@@ -48,6 +48,10 @@ from .shortlist import SHORTLIST_NAME, Shortlist, load_shortlist
 from .tokenizer import Tokenizer, to_tensor
 
 DEFAULTS = {"beam_size": 5, "alpha": 0.0, "max_len_a": 1.5, "max_len_b": 10}  # when the model's config has none
+# Lines read at a time, in batches: with one batch a chunk (the earlier default) the second worker had nothing
+# to do and no batch was sorted by length beyond its own lines; beam 5 over test_2016_flickr with the demo model
+# took 2.75 s of search in chunks of 64 lines and 1.47 s in one chunk of 1,000 (the same output, fp32 and bf16).
+BATCHES_PER_CHUNK = 16
 
 
 def translate_lines(model, src_tok: Tokenizer, tgt_tok: Tokenizer, lines: list[str], *, beam_size: int, alpha: float,
@@ -218,7 +222,8 @@ def parse_args(argv):
     parser.add_argument("--max-len-b", type=int, help="... and b" + model.format(DEFAULTS["max_len_b"]))
     parser.add_argument("--batch-size", type=positive(int), default=64, help="sentences per batch (default: 64)")
     parser.add_argument("--buffer-size", type=positive(int), help="lines read and translated at a time; a chunk is "
-                                                                 "cut early when no more input is waiting (default: the batch size)")
+                        f"cut early when no more input is waiting (default: {BATCHES_PER_CHUNK} batches' worth, so that "
+                        "every worker has batches and the lines are sorted by length over the chunk)")
     parser.add_argument("--shortlist", action=argparse.BooleanOptionalAction,
                         help="search each sentence over its lexical shortlist (default: when the model directory has "
                              "shortlist.safetensors); --no-shortlist searches the whole vocabulary")
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     best: list[str] = []
     count, seconds = 0, 0.0  # seconds: in the search only (not loading, reading input or writing)
     with output_sink(args.output) as write:
-        for lines in input_chunks(args.input, args.buffer_size or args.batch_size):
+        for lines in input_chunks(args.input, args.buffer_size or BATCHES_PER_CHUNK * args.batch_size):
             started = time.perf_counter()
             results = translate_lines(model, src_tok, tgt_tok, lines, batch_size=args.batch_size, nbest=args.nbest,
                                       shortlist=shortlist, workers=workers, alignment=args.alignment, **options)
