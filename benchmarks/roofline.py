@@ -31,13 +31,19 @@ from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
 from seq2seq.products import prepare_for_search
-from seq2seq.roofline import acoustic_model_step, ceiling_seconds, language_model_step, synchronize, translator_step
+from seq2seq.roofline import (acoustic_model_step, ceiling_seconds, cold_seconds, language_model_step, synchronize,
+                              translator_step)
 from seq2seq.tokenizer import BOS
 from seq2seq.translator import Translator
 
 TIMIT_FRAMES, DEMO_BATCH, DEMO_SRC, DEMO_TGT, DEMO_VOCAB = 300, 110, 16, 19, 4000  # Multi30k-like shapes
 WINDOWS = 64  # random PTB windows, cycled
 CPU = torch.device("cpu")
+
+
+def phase(name: str):
+    """A named span of a training step, for --breakdown's profile (negligible cost otherwise)."""
+    return torch.profiler.record_function(name)
 
 
 def timed(step, steps: int, device: torch.device = CPU) -> float:
@@ -69,12 +75,14 @@ def ptb(name: str, bf16: bool, device: torch.device = CPU):
         nonlocal state, count
         tokens, count = windows[count % WINDOWS], count + 1
         state = tuple(s.detach() for s in state)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             nll, state = model(tokens[:-1], state, tokens[1:])
         optimizer.zero_grad(set_to_none=True)
-        (nll / t.batch_size).backward()
-        clip_grad_norm(model.parameters(), t.max_grad_norm)
-        optimizer.step()
+        with phase("backward"):
+            (nll / t.batch_size).backward()
+        with phase("clipping + update"):
+            clip_grad_norm(model.parameters(), t.max_grad_norm)
+            optimizer.step()
 
     products = language_model_step(t.batch_size, t.unroll, preset.model.hidden_size, preset.model.num_layers,
                                    preset.model.vocab_size)
@@ -93,12 +101,14 @@ def demo(bf16: bool, device: torch.device = CPU):
     tgt_out = torch.cat([body, body[:1]])
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
-        (loss / count).backward()
-        clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with phase("backward"):
+            (loss / count).backward()
+        with phase("clipping + update"):
+            clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     products = translator_step(DEMO_BATCH, DEMO_SRC, DEMO_TGT, config.embedding_size, config.hidden_size,
                                config.num_layers, DEMO_VOCAB, config.attention, config.bidirectional_encoder)
@@ -116,13 +126,16 @@ def timit(bf16: bool, device: torch.device = CPU):
     no_phones = torch.zeros(batch, 1, dtype=torch.long, device=device), torch.ones(batch, dtype=torch.long, device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(features, lengths)
-        loss, count = model.loss(logits, lengths, labels, *no_phones)
-        (loss / count).backward()
-        clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with phase("forward"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(features, lengths)
+            loss, count = model.loss(logits, lengths, labels, *no_phones)
+        with phase("backward"):
+            (loss / count).backward()
+        with phase("clipping + update"):
+            clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     products = acoustic_model_step(TIMIT_FRAMES, batch, c.input_size, c.hidden_size, c.num_layers, c.num_classes,
                                    c.bidirectional)
@@ -207,6 +220,66 @@ def decode_breakdown(model_dir, input_path, bf16: bool, top: int = 12) -> None:
               f"{e.count:9,d} calls {e.self_cpu_time_total / max(e.count, 1):8.1f} us/call")
 
 
+PHASES = ("forward", "backward", "clipping + update")
+CATEGORIES = {  # op name -> what it is, for the training breakdown
+    **{name: "matrix products of linear layers and attention" for name in GEMM_OPS},
+    "aten::mkldnn_rnn_layer": "oneDNN LSTM layers (their products and cell)",
+    "aten::mkldnn_rnn_layer_backward": "oneDNN LSTM layers (their products and cell)",
+    "aten::mkldnn_rnn": "oneDNN LSTM layers (their products and cell)",
+    "aten::copy_": "dtype casts and copies", "aten::_to_copy": "dtype casts and copies",
+    **{name: "dropout masks (random doubles, compared with 1 - p)" for name in ("aten::uniform_", "aten::bernoulli_",
+                                                                                 "aten::lt")},
+}
+
+
+def owning_phase(event) -> str:
+    while event is not None and event.name not in PHASES:
+        event = event.cpu_parent
+    return event.name if event is not None else "outside the phases"
+
+
+def training_breakdown(name: str, bf16: bool, steps: int = 10, top: int = 6) -> None:
+    """Where a training step's time goes on a CPU: `steps` steps under the torch profiler, each op's self time
+    by phase (forward, backward, clipping + update) and by kind, next to the products' ceiling with the
+    operands cached (the table's) and, for the products outside the LSTM kernels, with them coming from memory
+    (seq2seq.roofline.cold_seconds), as they do in a step."""
+    step, units, unit, products = WORKLOADS[name](bf16, CPU)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - started) / steps * 1e3  # ms a step
+    by_phase, by_kind, by_op = {}, {}, {}
+    for event in profile.events():
+        if event.name in PHASES or event.self_cpu_time_total <= 0:
+            continue
+        ms = event.self_cpu_time_total / 1e3 / steps
+        by_phase[owning_phase(event)] = by_phase.get(owning_phase(event), 0.0) + ms
+        kind = CATEGORIES.get(event.name, "other operators")
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+        if kind == "other operators":
+            by_op[event.name] = by_op.get(event.name, 0.0) + ms
+    lstm = [p for p in products if p.lstm]
+    others = [p for p in products if not p.lstm]
+    hot_lstm, hot_others = (ceiling_seconds(ps, dtype) * 1e3 for ps in (lstm, others))
+    cold_others = sum(min(cold_seconds(p, d) for d in {torch.float32, dtype}) for p in others) * 1e3
+    print(f"{name} breakdown ({'bf16' if bf16 else 'fp32'}, profiled, {steps} steps): {wall:.1f} ms a step; "
+          f"ceiling {hot_lstm + hot_others:.1f} ms (LSTM layers' products {hot_lstm:.1f}, the other products "
+          f"{hot_others:.1f}; those with operands from memory: {cold_others:.1f})")
+    ops = sum(by_kind.values())
+    print("  ops' self time by phase: " + ", ".join(f"{p} {by_phase[p]:.1f} ms" for p in (*PHASES, "outside the phases")
+                                                  if by_phase.get(p, 0.0) >= 0.05)
+          + f"; Python and waits between ops {max(0.0, wall - ops):.1f} ms")
+    for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
+        if ms >= 0.05:
+            print(f"  {kind:<52} {ms:6.1f} ms {ms / wall:6.1%}")
+    for op, ms in sorted(by_op.items(), key=lambda item: -item[1])[:top]:
+        print(f"    {op[:48]:<48} {ms:6.2f} ms")
+
+
 WORKLOADS = {"ptb-small": lambda bf16, device: ptb("small", bf16, device),
              "ptb-medium": lambda bf16, device: ptb("medium", bf16, device),
              "demo": demo, "timit": timit, "decode": None}
@@ -219,8 +292,8 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
     parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
     parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
-    parser.add_argument("--breakdown", action="store_true", help="with decode on a CPU: also profile one pass and print what "
-                        "of a step is not a matrix product, and its cost")
+    parser.add_argument("--breakdown", action="store_true", help="on a CPU: also profile each workload (decode: one pass) "
+                        "and print where a step's time goes: matrix products against the rest, by phase and kind")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the workloads and the ceiling's products run (default: the GPU if there is one)")
     args = parser.parse_args()
@@ -251,9 +324,13 @@ def main() -> None:
             flops = sum(p.flops() for p in products) / 1e9
             print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
                   f"{achieved / ceiling:10.0%}  {unit}", flush=True)
-    if "decode" in args.workloads and args.model and args.breakdown and device.type == "cpu":
-        for precision in precisions:
-            decode_breakdown(args.model, args.input, precision == "bf16")
+    if args.breakdown and device.type == "cpu":
+        for name in args.workloads:
+            for precision in precisions:
+                if name != "decode":
+                    training_breakdown(name, precision == "bf16")
+                elif args.model:
+                    decode_breakdown(args.model, args.input, precision == "bf16")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ that carries from machine to machine; words/s does not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ import torch
 
 @dataclass(frozen=True)
 class Product:
-    """(m, k) @ (k, n), done `times` per unit of work (a training step, a decoding step)."""
+    """(m, k) @ (k, n), done `times` per unit of work (a training step, a decoding step); `lstm` marks the
+    products an LSTM layer's own kernel runs (oneDNN's, or seq2seq.recurrence), as opposed to linear layers."""
 
     m: int
     k: int
     n: int
     times: float = 1.0
+    lstm: bool = False
 
     def flops(self) -> float:
         return 2.0 * self.m * self.k * self.n * self.times
@@ -39,8 +42,9 @@ def linear(rows: int, inputs: int, outputs: int, times: float = 1.0, backward: b
 def lstm_layer(steps: int, batch: int, inputs: int, units: int, directions: int = 1, backward: bool = True
                ) -> list[Product]:
     """One LSTM layer: W_ih over all steps at once, W_hh once per step, for each direction."""
-    return (linear(steps * batch, inputs, 4 * units, directions, backward)
-            + linear(batch, units, 4 * units, steps * directions, backward))
+    products = (linear(steps * batch, inputs, 4 * units, directions, backward)
+                + linear(batch, units, 4 * units, steps * directions, backward))
+    return [dataclasses.replace(p, lstm=True) for p in products]
 
 
 def language_model_step(batch: int, unroll: int, hidden: int, layers: int, vocab: int) -> list[Product]:
@@ -95,6 +99,25 @@ def measured_rate(m: int, k: int, n: int, dtype: torch.dtype, device: str, secon
         synchronize(device)
         best = max(best, 2.0 * m * k * n * repeats / (time.perf_counter() - start))
     return best
+
+
+def cold_seconds(product: Product, dtype: torch.dtype = torch.float32, repeats: int = 9) -> float:
+    """The time of `product` on a CPU when its operands come from memory, as a large product's do inside a
+    training step where other work runs between the products: the median of `repeats` single products, each
+    after streaming 256 MB through the caches (`rate` measures them cached). A product done many times a step
+    (a recurrent step, attention per sentence) reuses what the previous one brought in: it counts at its
+    cached rate."""
+    if product.times > 1:
+        return product.flops() / rate(product.m, product.k, product.n, dtype)
+    a, b = torch.randn(product.m, product.k).to(dtype), torch.randn(product.k, product.n).to(dtype)
+    flush, times = torch.empty(64 * 2**20), []
+    torch.matmul(a, b)
+    for _ in range(repeats):
+        flush.fill_(1.0)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * product.times
 
 
 def synchronize(device: str) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from seq2seq.roofline import (Product, ceiling_seconds, language_model_step, linear, lstm_layer, measured_rate, rate,
-                              translator_step)
+from seq2seq.roofline import (Product, ceiling_seconds, cold_seconds, language_model_step, linear, lstm_layer,
+                              measured_rate, rate, translator_step)
 
 
 def test_ptb_small_step_is_the_papers_arithmetic():
@@ -44,3 +44,22 @@ def test_a_lower_precision_ceiling_counts_each_product_at_its_faster_precision()
     assert mixed == pytest.approx(best)
     assert mixed <= ceiling_seconds(products) * (1 + 1e-9)
     assert mixed <= sum(p.flops() / rate(p.m, p.k, p.n, torch.bfloat16) for p in products) * (1 + 1e-9)
+
+
+def test_products_of_lstm_layers_are_marked_apart_from_the_linear_layers():
+    """--breakdown compares oneDNN's LSTM kernels with the LSTM products and the rest with the other products."""
+    products = language_model_step(batch=20, unroll=20, hidden=200, layers=2, vocab=10_000)
+    assert all(p.lstm for p in lstm_layer(20, 20, 200, 200)) and not any(p.lstm for p in linear(400, 200, 10_000))
+    assert sum(p.flops() for p in products if not p.lstm) == 4.8e9
+    assert sum(p.flops() for p in products if p.lstm) == pytest.approx(2 * 3 * 2 * 2 * 400 * 200 * 800)
+    step = translator_step(2, 5, 7, 8, 8, 2, 30)
+    assert sum(p.lstm for p in step) == 2 * 2 * 6  # encoder and decoder, 2 layers, 6 products each
+
+
+def test_a_cold_product_is_timed_once_per_flush_and_a_repeated_one_at_its_cached_rate():
+    measured_rate.cache_clear()
+    repeated = Product(4, 64, 256, times=50)
+    assert cold_seconds(repeated) == pytest.approx(repeated.flops() / rate(4, 64, 256))
+    big = Product(512, 512, 512)
+    cold, cached = cold_seconds(big, repeats=3), big.flops() / rate(512, 512, 512)
+    assert 0.5 * cached < cold < 1.0  # one real product each time: not a no-op, not a pause
