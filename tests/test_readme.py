@@ -85,3 +85,36 @@ def test_timit_rows_are_the_mean_and_spread_of_three_seeds(first_cell, mode):
                           spread([max(d["dev_frame_accuracy"] for d in r["dev"]) for r in runs], 2),
                           spread([min(d["dev_loss"] for d in r["dev"]) for r in runs], 3)]
     assert {r["config"]["model"]["dropout_mode"] for r in runs} == {mode} and [r["seed"] for r in runs] == [0, 1, 2]
+
+
+def breakdown_rows(text: str) -> list[list[str]]:
+    """The README's breakdown table recomputed from `benchmarks/roofline.py --breakdown`'s printout: per workload
+    and precision the step, the ceiling, the linear layers' products (in the step / cached / from memory), the
+    LSTM kernels / their products, clipping + update, and the efficiencies "at most" and as profiled."""
+    import re
+    rows = []
+    for block in re.split(r"\n(?=\S+ breakdown \()", text)[1:]:
+        head = re.match(r"(\S+) breakdown \((\w+), profiled, \d+ steps\): ([\d.]+) ms a step; ceiling ([\d.]+) ms "
+                        r"\(LSTM layers' products ([\d.]+), the other products ([\d.]+); those with operands from "
+                        r"memory: ([\d.]+)\)", block)
+        name, precision, step, ceiling, lstm_products, products, cold = head.groups()
+
+        def kind(label: str) -> float:
+            found = re.search(re.escape(label) + r"\s+([\d.]+) ms", block)
+            return float(found.group(1)) if found else 0.0
+
+        linear = kind("matrix products of linear layers and attention")
+        lstm = kind("oneDNN LSTM layers (their products and cell)")
+        update = float(re.search(r"clipping \+ update ([\d.]+) ms", block).group(1))
+        rows.append([name, precision, step, ceiling, f"{linear:.1f} / {products} / {cold}", f"{lstm:.1f} / {lstm_products}",
+                     f"{update:.1f}", f"{float(ceiling) / (linear + lstm + update):.0%}",
+                     f"{float(ceiling) / float(step):.0%}"])
+    return rows
+
+
+def test_breakdown_table_is_the_benchmarks_printout():
+    expected = breakdown_rows((ROOT / "results" / "bench-roofline-breakdown.txt").read_text(encoding="utf-8"))
+    section = README[README.index("**Where a training step's time goes.**"):]
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+             if line.startswith("| ") and not line.startswith("| workload")]
+    assert len(expected) == 8 and table[:len(expected)] == expected
