@@ -3,6 +3,7 @@
     python benchmarks/roofline.py [--steps 20] [--workloads ptb-small ptb-medium demo timit] [--no-bf16]
     python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model [--breakdown]  # beam 5
     python benchmarks/roofline.py --device cuda ...    # on a GPU (the default where there is one)
+    python benchmarks/roofline.py --workloads ptb-small --breakdown    # where a step's time goes (CPU)
 
 For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
 (and bf16 where the CPU has AVX512-BF16 / AMX, or the GPU bf16), on the same device, give the ceiling; the same
@@ -14,6 +15,10 @@ Decoding (`decode`, needs a trained --model): seq2seq-translate's beam search ov
 encoder and decoder step's shapes recorded (rows, sentences, source length, output columns), which give the
 products of the ceiling (decoder layers, attention, the output layer over the shortlist; every row counted, so
 the ceiling is if anything too low), then timed as the command runs it.
+
+--breakdown (on a CPU) profiles each workload and prints each operator's own time by phase and by kind (the
+linear layers' products, oneDNN's LSTM layers, casts, dropout masks, the rest by name) against the ceiling's
+products, the large ones also timed with their operands coming from memory (seq2seq.roofline.cold_seconds).
 """
 
 from __future__ import annotations
