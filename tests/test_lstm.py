@@ -255,3 +255,22 @@ def test_in_place_cell_equals_the_out_of_place_equations_bit_for_bit(rows, units
     h_new, c_new = lstm_pointwise(gates, c)
     assert torch.equal(h_new, h_expected) and torch.equal(c_new, c_expected)
     assert torch.equal(c, c_before) and h_new.is_contiguous()
+
+
+def test_under_cpu_bf16_autocast_a_step_loop_layer_runs_its_recurrence_in_fp32():
+    """Only the input product over all steps takes autocast's bf16; the recurrence (per-step products of a few
+    rows and the cell) runs in the state's fp32, which is faster on a CPU: the layer equals the recurrence fed
+    that bf16 product widened to fp32, bit for bit."""
+    from seq2seq.lstm import recurrent_layer
+    from seq2seq.recurrence import MaskedLSTMRecurrence
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 6)
+    x, h, c = torch.randn(5, 3, 8), torch.randn(3, 6), torch.randn(3, 6)
+    mask = bernoulli_mask((5, 3, 6), 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, h_last, c_last = recurrent_layer(x, h, c, lstm, mask)
+        x_proj = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (T, B, 4u)
+    assert x_proj.dtype == torch.bfloat16 and y.dtype == torch.float32
+    hs, cs = MaskedLSTMRecurrence.apply(x_proj.float()[:, None], lstm.weight_hh_l0[None], h[None], c[None],
+                                        mask[:, None])
+    assert torch.equal(y, hs[:, 0]) and torch.equal(h_last, hs[-1, 0]) and torch.equal(c_last, cs[-1, 0])
