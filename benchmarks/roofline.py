@@ -329,7 +329,9 @@ def main() -> None:
             flops = sum(p.flops() for p in products) / 1e9
             print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
                   f"{achieved / ceiling:10.0%}  {unit}", flush=True)
-    if args.breakdown and device.type == "cpu":
+    if args.breakdown and device.type != "cpu":
+        print("--breakdown: profiles CPU operators only; skipped on", device.type)
+    elif args.breakdown:
         for name in args.workloads:
             for precision in precisions:
                 if name != "decode":
