@@ -308,7 +308,9 @@ def main() -> None:
     precisions = ["fp32"] + (["bf16"] if bf16_supported(device) and not args.no_bf16 else [])
     where = (f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else
              f"CPU {torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads")
-    print(f"torch {torch.__version__} | {where} | bf16 {'supported' if 'bf16' in precisions else 'not supported: fp32 only'}")
+    bf16_note = ("supported" if "bf16" in precisions else "supported, not measured (--no-bf16)"
+                 if bf16_supported(device) else "not supported: fp32 only")
+    print(f"torch {torch.__version__} | {where} | bf16 {bf16_note}")
     print(f"{'workload':<11} {'precision':<9} {'GFLOP/step':>10} {'ceiling units/s':>16} {'achieved':>10} "
           f"{'efficiency':>10}  unit")
     for name in args.workloads:
