@@ -51,6 +51,16 @@ def phase(name: str):
     return torch.profiler.record_function(name)
 
 
+def backward_and_update(loss, model, optimizer, max_grad_norm: float) -> None:
+    """The rest of a training step after its forward, as the recipes run it: backward, clipping, update."""
+    with phase("backward"):
+        loss.backward()
+    with phase("clipping + update"):
+        clip_grad_norm(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
 def timed(step, steps: int, device: torch.device = CPU) -> float:
     """Seconds per step: two warm-up steps, then the median of `steps` timed ones (a GPU's queue drained
     before and after each)."""
@@ -82,12 +92,7 @@ def ptb(name: str, bf16: bool, device: torch.device = CPU):
         state = tuple(s.detach() for s in state)
         with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             nll, state = model(tokens[:-1], state, tokens[1:])
-        optimizer.zero_grad(set_to_none=True)
-        with phase("backward"):
-            (nll / t.batch_size).backward()
-        with phase("clipping + update"):
-            clip_grad_norm(model.parameters(), t.max_grad_norm)
-            optimizer.step()
+        backward_and_update(nll / t.batch_size, model, optimizer, t.max_grad_norm)
 
     products = language_model_step(t.batch_size, t.unroll, preset.model.hidden_size, preset.model.num_layers,
                                    preset.model.vocab_size)
@@ -108,12 +113,7 @@ def demo(bf16: bool, device: torch.device = CPU):
     def step():
         with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, count = model(src, lengths, tgt_in, tgt_out, preset.training.label_smoothing)
-        with phase("backward"):
-            (loss / count).backward()
-        with phase("clipping + update"):
-            clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        backward_and_update(loss / count, model, optimizer, preset.training.max_grad_norm)
 
     products = translator_step(DEMO_BATCH, DEMO_SRC, DEMO_TGT, config.embedding_size, config.hidden_size,
                                config.num_layers, DEMO_VOCAB, config.attention, config.bidirectional_encoder)
@@ -135,12 +135,7 @@ def timit(bf16: bool, device: torch.device = CPU):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(features, lengths)
             loss, count = model.loss(logits, lengths, labels, *no_phones)
-        with phase("backward"):
-            (loss / count).backward()
-        with phase("clipping + update"):
-            clip_grad_norm(model.parameters(), preset.training.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        backward_and_update(loss / count, model, optimizer, preset.training.max_grad_norm)
 
     products = acoustic_model_step(TIMIT_FRAMES, batch, c.input_size, c.hidden_size, c.num_layers, c.num_classes,
                                    c.bidirectional)
@@ -261,8 +256,8 @@ def training_breakdown(name: str, bf16: bool, steps: int = 10, top: int = 6) -> 
     for event in profile.events():
         if event.name in PHASES or event.self_cpu_time_total <= 0:
             continue
-        ms = event.self_cpu_time_total / 1e3 / steps
-        by_phase[owning_phase(event)] = by_phase.get(owning_phase(event), 0.0) + ms
+        ms, where = event.self_cpu_time_total / 1e3 / steps, owning_phase(event)
+        by_phase[where] = by_phase.get(where, 0.0) + ms
         kind = CATEGORIES.get(event.name, "other operators")
         by_kind[kind] = by_kind.get(kind, 0.0) + ms
         if kind == "other operators":
@@ -297,8 +292,9 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
     parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
     parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
-    parser.add_argument("--breakdown", action="store_true", help="on a CPU: also profile each workload (decode: one pass) "
-                        "and print where a step's time goes: matrix products against the rest, by phase and kind")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="on a CPU: also profile each workload (decode: one pass) and print where a step's time "
+                             "goes: matrix products against the rest, by phase and kind")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the workloads and the ceiling's products run (default: the GPU if there is one)")
     args = parser.parse_args()

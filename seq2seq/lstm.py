@@ -84,10 +84,10 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     Returns y (T, B, H) and the final h, c (B, H).
 
     On a CPU the recurrence runs in the state's precision (fp32) even under bf16 autocast: its per-step products
-    have a few dozen rows (PTB: 20; TIMIT: 16 a direction), too few for bf16's faster products to pay for widening and narrowing every element-wise
-    operation of the cell (forward + backward of a masked PTB small layer: 5.1-5.3 against 6.3-6.4 ms; of a TIMIT
-    layer, both directions: 110-111 against 111-118 ms). The input product over all T * B rows keeps autocast's
-    precision.
+    have a few dozen rows (PTB: 20; TIMIT: 16 a direction), too few for bf16's faster products to pay for widening
+    and narrowing every element-wise operation of the cell (forward + backward of a masked PTB small layer: 5.1-5.3
+    against 6.3-6.4 ms; of a TIMIT layer, both directions: 110-111 against 111-118 ms). The input product over all
+    T * B rows keeps autocast's precision.
     """
     directions, batch = 2 if lstm.bidirectional else 1, x.shape[1]
     suffixes = ("l0", "l0_reverse")[:directions]
