@@ -2,6 +2,7 @@
 record it came from and compared with the table cell, as printed."""
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -91,7 +92,6 @@ def breakdown_rows(text: str) -> list[list[str]]:
     """The README's breakdown table recomputed from `benchmarks/roofline.py --breakdown`'s printout: per workload
     and precision the step, the ceiling, the linear layers' products (in the step / cached / from memory), the
     LSTM kernels / their products, clipping + update, and the efficiencies "at most" and as profiled."""
-    import re
     rows = []
     for block in re.split(r"\n(?=\S+ breakdown \()", text)[1:]:
         head = re.match(r"(\S+) breakdown \((\w+), profiled, \d+ steps\): ([\d.]+) ms a step; ceiling ([\d.]+) ms "
