@@ -1,0 +1,93 @@
+"""The bf16 softmax layer's forward + backward: the compiled kernel (seq2seq.native) against the eager path.
+
+    python benchmarks/softmax_speed.py [--repeats 30]
+
+For each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
+and padding) it times seq2seq.softmax.linear_cross_entropy under bf16 autocast, forward and backward (the
+three products included), both ways, alternating: once with the operands cached (the same call repeated) and once
+after streaming 256 MB through the caches, as the softmax meets its logits inside a training step. It also prints
+how far the kernel's loss and gradients are from the eager path's (both round the logits' gradient to bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from seq2seq import softmax
+from seq2seq.devices import keep_freed_memory
+from seq2seq.native import softmax_loss_kernel
+
+SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
+
+
+def inputs(n: int, h: int, v: int, ignore_index: int | None):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=generator).requires_grad_()
+    weight = (torch.rand(v, h, generator=generator) * 0.2 - 0.1).requires_grad_()
+    bias = (torch.rand(v, generator=generator) * 0.2 - 0.1).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=generator)
+    if ignore_index is not None:
+        targets[n - n // 10:] = ignore_index  # the last tenth is padding
+    return hidden, weight, bias, targets
+
+
+def run(args, smoothing: float, ignore_index: int | None, compiled: bool):
+    """Forward and backward of the layer under bf16 autocast; returns the loss and the three gradients."""
+    hidden, weight, bias, targets = args
+    for tensor in (hidden, weight, bias):
+        tensor.grad = None
+    use = softmax.softmax_loss_kernel if compiled else (lambda: None)
+    saved, softmax.softmax_loss_kernel = softmax.softmax_loss_kernel, use
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = softmax.linear_cross_entropy(hidden, weight, bias, targets, smoothing, ignore_index)
+        loss.backward()
+    finally:
+        softmax.softmax_loss_kernel = saved
+    return loss.detach(), hidden.grad, weight.grad, bias.grad
+
+
+def median_ms(call, repeats: int, flush: torch.Tensor | None) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        if flush is not None:
+            flush.fill_(1.0)
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    options = parser.parse_args()
+    keep_freed_memory()
+    if softmax_loss_kernel() is None:
+        raise SystemExit("the compiled kernel is not available here (see the line above): nothing to compare")
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads; forward + backward of the bf16 softmax layer, median ms")
+    flush = torch.empty(64 * 2**20)  # 256 MB
+    for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():
+        args = inputs(n, h, v, ignore_index)
+        eager, kernel = (run(args, smoothing, ignore_index, c) for c in (False, True))
+        loss_error = abs(float(kernel[0]) - float(eager[0])) / abs(float(eager[0]))
+        grad_errors = [float((k - e).norm() / e.norm()) for k, e in zip(kernel[1:], eager[1:])]
+        print(f"{name}: N {n}, H {h}, V {v}, smoothing {smoothing}; kernel vs eager: loss rel. difference "
+              f"{loss_error:.1e}, gradients (h, W, b) {', '.join(f'{x:.1e}' for x in grad_errors)}")
+        for where, buffer in (("operands cached", None), ("from memory", flush)):
+            eager_ms, kernel_ms = [], []
+            for _ in range(3):  # alternating
+                eager_ms.append(median_ms(lambda: run(args, smoothing, ignore_index, False), options.repeats, buffer))
+                kernel_ms.append(median_ms(lambda: run(args, smoothing, ignore_index, True), options.repeats, buffer))
+            print(f"  {where:<16} eager {min(eager_ms):6.2f}-{max(eager_ms):6.2f} ms   kernel "
+                  f"{min(kernel_ms):6.2f}-{max(kernel_ms):6.2f} ms   "
+                  f"{min(e / k for e, k in zip(eager_ms, kernel_ms)):.2f}-{max(e / k for e, k in zip(eager_ms, kernel_ms)):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
