@@ -1,0 +1,208 @@
+"""The compiled bf16 cross-entropy kernel (seq2seq/csrc/softmax_loss.cpp) against float64 references computed
+from the same bf16 logits, and its place in seq2seq.softmax."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seq2seq import native, softmax
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    module = native.softmax_loss_kernel()
+    if module is None:
+        pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
+    return module
+
+
+def case(n, v, seed, scale=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, v, generator=generator) * scale).to(torch.bfloat16)
+    bias = torch.randn(v, generator=generator) * 0.5
+    targets = torch.randint(0, v, (n,), generator=generator)
+    return logits, bias, targets
+
+
+def reference(logits, bias, targets, smoothing, scale):
+    """Loss rows and the gradients of sum_i scale_i loss_i in float64, from the same bf16 logits."""
+    z = (logits.double() + bias.double()).requires_grad_()
+    loss = F.cross_entropy(z, targets, reduction="none", label_smoothing=smoothing)
+    (grad,) = torch.autograd.grad((loss * scale.double()).sum(), z)
+    return loss.detach(), grad, grad.sum(0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 70), v=st.integers(2, 300), smoothing=st.sampled_from([0.0, 0.1]),
+       seed=st.integers(0, 10_000))
+def test_loss_and_gradients_equal_float64_reference(kernel, n, v, smoothing, seed):
+    logits, bias, targets = case(n, v, seed)
+    scale = torch.rand(n, generator=torch.Generator().manual_seed(seed + 1))
+    log_z, loss = kernel.forward(logits, bias, targets, smoothing)
+    grad, grad_bias = kernel.backward(logits, bias, targets, log_z, scale, smoothing)
+    ref_loss, ref_grad, ref_bias = reference(logits, bias, targets, smoothing, scale)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16 and grad_bias.shape == (v,)
+    torch.testing.assert_close(log_z.double(), torch.logsumexp(logits.double() + bias.double(), 1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    # the gradient is rounded to bf16 once: within half a bf16 step of the exact value (plus fp32 noise)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(grad_bias.double(), ref_bias, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_is_the_round_to_nearest_bf16_of_its_fp32_value(kernel):
+    logits, bias, targets = case(64, 1000, seed=7)
+    scale = torch.ones(64)
+    log_z, _ = kernel.forward(logits, bias, targets, 0.0)
+    grad, _ = kernel.backward(logits, bias, targets, log_z, scale, 0.0)
+    _, exact, _ = reference(logits, bias, targets, 0.0, scale)
+    rounded = exact.float().to(torch.bfloat16)  # torch's cast: round to nearest even
+    assert (grad != rounded).float().mean() < 0.01  # only values within fp32 noise of a rounding boundary differ
+    step = rounded.float().abs().clamp_min(1e-30) * 2**-7
+    assert ((grad.float() - rounded.float()).abs() <= step).all()
+
+
+def test_results_do_not_depend_on_the_thread_count(kernel):
+    logits, bias, targets = case(203, 10_000, seed=3)
+    scale = torch.full((203,), 0.05)
+    threads = torch.get_num_threads()
+    results = []
+    for count in (1, 2, 3):
+        torch.set_num_threads(count)
+        log_z, loss = kernel.forward(logits, bias, targets, 0.1)
+        results.append((log_z, loss, *kernel.backward(logits, bias, targets, log_z, scale, 0.1)))
+    torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_non_finite_logits_give_nan_loss(kernel):
+    logits, bias, targets = case(3, 40, seed=1)
+    logits[1, 5] = float("nan")
+    logits[2, 7] = float("inf")
+    _, loss = kernel.forward(logits, bias, targets, 0.0)
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1:]).all()
+
+
+def test_huge_logits_stay_finite_and_exact(kernel):
+    logits, bias, targets = case(8, 30, seed=3, scale=1e4)
+    log_z, loss = kernel.forward(logits, bias, targets, 0.0)
+    ref_loss, _, _ = reference(logits, bias, targets, 0.0, torch.ones(8))
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-6, atol=1e-3)
+
+
+def test_bad_inputs_are_refused(kernel):
+    logits, bias, targets = case(4, 32, seed=0)
+    with pytest.raises(RuntimeError, match="outside"):
+        kernel.forward(logits, bias, targets + 32, 0.0)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        kernel.forward(logits.float(), bias, targets, 0.0)
+    with pytest.raises(RuntimeError, match="bias"):
+        kernel.forward(logits, bias[:-1], targets, 0.0)
+
+
+@pytest.mark.parametrize("smoothing, ignore_index", [(0.0, None), (0.1, 0)])
+def test_autocast_layer_uses_the_kernel_and_matches_the_eager_path(kernel, monkeypatch, smoothing, ignore_index):
+    generator = torch.Generator().manual_seed(11)
+    h = torch.randn(50, 24, generator=generator).requires_grad_()
+    weight = (torch.rand(300, 24, generator=generator) - 0.5).requires_grad_()
+    bias = (torch.rand(300, generator=generator) - 0.5).requires_grad_()
+    targets = torch.randint(0, 300, (50,), generator=generator)
+    targets[::4] = 0
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = softmax.linear_cross_entropy(h, weight, bias, targets, smoothing, ignore_index)
+        return (loss, *torch.autograd.grad(loss, (h, weight, bias)))
+
+    calls = []
+    original = softmax._BF16LinearCrossEntropy.apply
+    monkeypatch.setattr(softmax._BF16LinearCrossEntropy, "apply", lambda *a: calls.append(1) or original(*a))
+    compiled = run()
+    monkeypatch.setattr(softmax, "softmax_loss_kernel", lambda: None)
+    eager = run()
+    assert calls == [1]
+    assert all(c.dtype == e.dtype == torch.float32 for c, e in zip(compiled, eager))
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-4)
+    for c, e in zip(compiled[1:], eager[1:]):  # both round the logits' gradient to bf16; a few values flip
+        assert float((c - e).norm() / e.norm()) < 1e-3
+
+
+def test_off_switch_and_failed_build_fall_back_to_eager(monkeypatch, capsys):
+    native.softmax_loss_kernel.cache_clear()
+    try:
+        monkeypatch.setenv("SEQ2SEQ_NATIVE", "0")
+        assert native.softmax_loss_kernel() is None
+        native.softmax_loss_kernel.cache_clear()
+        monkeypatch.setenv("SEQ2SEQ_NATIVE", "1")
+
+        def no_compiler(*args, **kwargs):
+            raise RuntimeError("Error building extension: c++: not found\nmore lines")
+
+        monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+        assert native.softmax_loss_kernel() is None
+        err = capsys.readouterr().err
+        assert "could not be built (Error building extension: c++: not found); using eager PyTorch instead" in err
+        assert "more lines" not in err
+        h, weight, bias = torch.randn(6, 4), torch.randn(9, 4), torch.randn(9)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = softmax.linear_cross_entropy(h, weight, bias, torch.arange(6))
+        assert torch.isfinite(loss)
+    finally:
+        native.softmax_loss_kernel.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def masks():
+    module = native.dropout_mask_kernel()
+    if module is None:
+        pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
+    return module
+
+
+def eager_mask(shape, p, generator):
+    return (torch.rand(shape, dtype=torch.float64, generator=generator) < 1.0 - p).float().div_(1.0 - p)
+
+
+@settings(max_examples=40, deadline=None)
+@given(before=st.integers(0, 1_300), shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+       p=st.sampled_from([0.1, 0.2, 0.5, 0.65, 0.9]), seed=st.integers(0, 2**31))
+def test_masks_and_generator_state_equal_torch_rand(masks, before, shape, p, seed):
+    """From any position in the generator's 624-word block (`before` doubles drawn first), the same mask and
+    the same state afterwards as torch.rand's doubles compared with 1 - p."""
+    eager_generator, kernel_generator = (torch.Generator().manual_seed(seed) for _ in range(2))
+    torch.rand(before, dtype=torch.float64, generator=eager_generator)
+    torch.rand(before, dtype=torch.float64, generator=kernel_generator)
+    expected = eager_mask(tuple(shape), p, eager_generator)
+    got = masks.keep_mask(kernel_generator, shape, p)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(kernel_generator.get_state(), eager_generator.get_state())
+
+
+def test_large_masks_on_the_default_generator_equal_torch_rand(masks):
+    for shape, p in (((19, 110, 256), 0.2), ((312,), 0.5), ((624, 3), 0.5), ((20, 20, 200), 0.65)):
+        torch.manual_seed(5)
+        expected = eager_mask(shape, p, None)
+        follow = torch.rand(4)
+        torch.manual_seed(5)
+        got = masks.keep_mask(torch.default_generator, list(shape), p)
+        assert torch.equal(got, expected) and torch.equal(torch.rand(4), follow)
+
+
+def test_bernoulli_mask_uses_the_kernel_and_the_fallback_gives_the_same_masks(masks, monkeypatch):
+    from seq2seq import dropout
+
+    calls = []
+    original = masks.keep_mask
+    monkeypatch.setattr(dropout, "dropout_mask_kernel", lambda: type("K", (), {
+        "keep_mask": staticmethod(lambda *a: calls.append(1) or original(*a))}))
+    torch.manual_seed(9)
+    compiled = dropout.sample_masks("naive", 0.5, 7, 3, [5, 4], 4)
+    monkeypatch.setattr(dropout, "dropout_mask_kernel", lambda: None)
+    torch.manual_seed(9)
+    eager = dropout.sample_masks("naive", 0.5, 7, 3, [5, 4], 4)
+    assert len(calls) == 5
+    for a, b in zip((*compiled.inputs, compiled.output, *compiled.recurrent),
+                    (*eager.inputs, eager.output, *eager.recurrent)):
+        assert torch.equal(a, b)
