@@ -70,7 +70,8 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, *, device=None, generator=N
     if torch.device(device or "cpu").type == "cpu":
         kernel = dropout_mask_kernel() if torch.get_default_dtype() == torch.float32 else None
         if kernel is not None:
-            return kernel.keep_mask(generator if generator is not None else torch.default_generator, list(shape), p)
+            with torch.profiler.record_function("seq2seq::dropout_mask_kernel"):  # named in profiles
+                return kernel.keep_mask(generator if generator is not None else torch.default_generator, list(shape), p)
         keep = (torch.rand(shape, dtype=torch.float64, generator=generator) < 1.0 - p).to(torch.get_default_dtype())
     else:
         keep = torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=generator)

@@ -6,8 +6,8 @@ There are two, each a small C++ file in `csrc/`:
   (seq2seq.dropout, every CPU run with dropout).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead: slower, the same math (the same masks, bit for bit).
-SEQ2SEQ_NATIVE=0 turns both off.
+line says so and the eager PyTorch code runs instead, slower: the same masks bit for bit, the same loss and
+gradients to rounding (the kernel's exp and order of sums are its own). SEQ2SEQ_NATIVE=0 turns both off.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def load(stem: str, what: str):
         return torch.utils.cpp_extension.load(
             name, [str(SOURCES / f"{stem}.cpp")], extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, [])],
             extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
-    except Exception as error:  # no compiler, no ninja, a failed build: the eager path does the same math
+    except Exception as error:  # no compiler, no ninja, a failed build: the eager path computes the same
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"seq2seq: the {what} could not be built ({reason[:200]}); using eager PyTorch instead",
               file=sys.stderr)

@@ -7,8 +7,8 @@ them in place into d loss / d logits = p - onehot(y).
 
 Under bf16 autocast on a CPU the products give bf16 logits, and the loss and its gradient are read straight from
 them by a compiled kernel (seq2seq.native, csrc/softmax_loss.cpp): one pass forward, one backward, instead of the
-eager path's ten over fp32 logits twice the size (PTB small bf16: 3.5 against 6.0 ms of a step's softmax work with
-the logits coming from memory, as they do in a step; `benchmarks/softmax_speed.py`).
+eager path's ten over fp32 logits twice the size (PTB small's layer, forward and backward with its three products,
+logits from memory as in a step: 11.2-12.1 against 13.7-14.4 ms; `benchmarks/native_speed.py`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class _BF16LinearCrossEntropy(torch.autograd.Function):
         h_cast, weight_cast = h.to(torch.bfloat16), weight.to(torch.bfloat16)  # kept for the backward products
         logits = torch.mm(h_cast, weight_cast.t())  # (N, V) bf16, without the bias
         bias32 = bias.float().contiguous()
-        log_z, loss = kernel.forward(logits, bias32, targets.contiguous(), smoothing)  # each (N,)
+        with torch.profiler.record_function("seq2seq::softmax_loss_kernel"):  # named in profiles
+            log_z, loss = kernel.forward(logits, bias32, targets.contiguous(), smoothing)  # each (N,)
         if keep is not None:
             loss = loss * keep.reshape(-1)
         ctx.save_for_backward(h_cast, weight_cast, bias32, targets, logits, log_z, keep)
@@ -79,8 +80,9 @@ class _BF16LinearCrossEntropy(torch.autograd.Function):
         h_cast, weight_cast, bias32, targets, logits, log_z, keep = ctx.saved_tensors
         scale = grad.float().expand(len(targets))  # (N,): d total / d loss_i
         scale = (scale * keep.reshape(-1) if keep is not None else scale).contiguous()
-        grad_logits, grad_bias = softmax_loss_kernel().backward(logits, bias32, targets.contiguous(), log_z, scale,
-                                                                ctx.smoothing)  # (N, V) bf16, (V,) fp32
+        with torch.profiler.record_function("seq2seq::softmax_loss_kernel"):
+            grad_logits, grad_bias = softmax_loss_kernel().backward(logits, bias32, targets.contiguous(), log_z, scale,
+                                                                    ctx.smoothing)  # (N, V) bf16, (V,) fp32
         grad_h = grad_logits @ weight_cast  # (N, H)
         grad_weight = grad_logits.t() @ h_cast  # (V, H)
         return (grad_h.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1]), grad_bias.to(ctx.dtypes[2]),

@@ -39,6 +39,11 @@ def test_ptb_small_table_is_its_record():
     auto = record("ptb-small-auto.json")
     cells = row("this toolkit, 13 epochs, --mixed-precision auto (bf16 on the Xeon)")
     assert cells[1:3] == [f"{auto['valid_ppl']:.2f}", f"{auto['test_ppl']:.2f}"] and auto["mixed_precision"] == "bf16"
+    same_machine = record("ptb-small-fp32-avx512.json")
+    cells = row("this toolkit, 13 epochs, fp32 on the Xeon")
+    assert cells[1:3] == [f"{same_machine['valid_ppl']:.2f}", f"{same_machine['test_ppl']:.2f}"]
+    assert same_machine["mixed_precision"] == "no" and same_machine["speed"]["cpu_capability"] == "AVX512"
+    assert abs(auto["test_ppl"] - same_machine["test_ppl"]) <= 0.5  # issue 13: bf16 within 0.5 of fp32
 
 
 def demo_rows() -> list[list[str]]:

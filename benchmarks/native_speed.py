@@ -1,8 +1,12 @@
-"""The bf16 softmax layer's forward + backward: the compiled kernel (seq2seq.native) against the eager path.
+"""The compiled CPU kernels (seq2seq.native) against the eager PyTorch code they replace, in one process.
 
-    python benchmarks/softmax_speed.py [--repeats 30]
+    python benchmarks/native_speed.py [--repeats 30]
 
-For each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
+Dropout masks: seq2seq.dropout.bernoulli_mask with the kernel and without, for the mask shapes of PTB small
+(20, 20, 200), the demo translator (19, 110, 256) and TIMIT (300, 16, 250); each pair is checked to be the same
+mask from the same generator state.
+
+The bf16 softmax layer's forward + backward: for each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
 and padding) it times seq2seq.softmax.linear_cross_entropy under bf16 autocast, forward and backward (the
 three products included), both ways, alternating: once with the operands cached (the same call repeated) and once
 after streaming 256 MB through the caches, as the softmax meets its logits inside a training step. It also prints
@@ -16,11 +20,39 @@ import time
 
 import torch
 
-from seq2seq import softmax
+from seq2seq import dropout, softmax
 from seq2seq.devices import keep_freed_memory
-from seq2seq.native import softmax_loss_kernel
+from seq2seq.native import dropout_mask_kernel, softmax_loss_kernel
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
+MASKS = {"ptb-small": ((20, 20, 200), 0.5), "demo": ((19, 110, 256), 0.2), "timit": ((300, 16, 250), 0.2)}
+
+
+def masks(repeats: int) -> None:
+    """Time bernoulli_mask with and without the kernel, alternating, after checking that both give the same mask."""
+    kernel = dropout.dropout_mask_kernel
+    print("dropout masks (seq2seq.dropout.bernoulli_mask), median ms a mask")
+    for name, (shape, p) in MASKS.items():
+        def draw(compiled: bool) -> torch.Tensor:
+            dropout.dropout_mask_kernel = kernel if compiled else (lambda: None)
+            try:
+                return dropout.bernoulli_mask(shape, p)
+            finally:
+                dropout.dropout_mask_kernel = kernel
+
+        same = []
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            same.append((draw(compiled), torch.rand(1)))
+        assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1]), "masks differ"
+        eager_ms, kernel_ms = [], []
+        for _ in range(3):
+            eager_ms.append(median_ms(lambda: draw(False), repeats, None))
+            kernel_ms.append(median_ms(lambda: draw(True), repeats, None))
+        print(f"  {name:<10} {str(shape):<16} p {p}: eager {min(eager_ms):6.3f}-{max(eager_ms):6.3f} ms   kernel "
+              f"{min(kernel_ms):6.3f}-{max(kernel_ms):6.3f} ms   "
+              f"{min(e / k for e, k in zip(eager_ms, kernel_ms)):.1f}-{max(e / k for e, k in zip(eager_ms, kernel_ms)):.1f}x"
+              f"   (the same mask and generator state: checked)")
 
 
 def inputs(n: int, h: int, v: int, ignore_index: int | None):
@@ -67,10 +99,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     keep_freed_memory()
-    if softmax_loss_kernel() is None:
-        raise SystemExit("the compiled kernel is not available here (see the line above): nothing to compare")
+    if softmax_loss_kernel() is None or dropout_mask_kernel() is None:
+        raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; forward + backward of the bf16 softmax layer, median ms")
+          f"{torch.get_num_threads()} threads")
+    masks(options.repeats)
+    print("forward + backward of the bf16 softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
     flush = torch.empty(64 * 2**20)  # 256 MB
     for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():
         args = inputs(n, h, v, ignore_index)
