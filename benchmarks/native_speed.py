@@ -6,6 +6,10 @@ Dropout masks: seq2seq.dropout.bernoulli_mask with the kernel and without, for t
 (20, 20, 200), the demo translator (19, 110, 256) and TIMIT (300, 16, 250); each pair is checked to be the same
 mask from the same generator state.
 
+Step loops: one masked LSTM layer's recurrence (seq2seq.recurrence.MaskedLSTMRecurrence, `naive`'s fresh masks),
+forward and backward, with its loops in C++ and in Python, at PTB small's (T 20, B 20, u 200) and TIMIT's
+bidirectional (T 300, D 2, B 16, u 125) shapes; each pair is checked to give the same outputs and gradients.
+
 The bf16 softmax layer's forward + backward: for each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
 and padding) it times seq2seq.softmax.linear_cross_entropy under bf16 autocast, forward and backward (the
 three products included), both ways, alternating: once with the operands cached (the same call repeated) and once
@@ -20,11 +24,12 @@ import time
 
 import torch
 
-from seq2seq import dropout, softmax
+from seq2seq import dropout, recurrence, softmax
 from seq2seq.devices import keep_freed_memory
-from seq2seq.native import dropout_mask_kernel, softmax_loss_kernel
+from seq2seq.native import dropout_mask_kernel, recurrence_kernel, softmax_loss_kernel
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
+RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, D, B, u
 MASKS = {"ptb-small": ((20, 20, 200), 0.5), "demo": ((19, 110, 256), 0.2), "timit": ((300, 16, 250), 0.2)}
 
 
@@ -82,6 +87,37 @@ def run(args, smoothing: float, ignore_index: int | None, compiled: bool):
     return loss.detach(), hidden.grad, weight.grad, bias.grad
 
 
+def recurrences(repeats: int) -> None:
+    """Time the masked recurrence's forward + backward with the C++ loops and the Python ones, alternating."""
+    kernel = recurrence.recurrence_kernel
+    print("step loops (seq2seq.recurrence, fresh masks on h_{t-1}): forward + backward of one layer, median ms")
+    for name, (steps, directions, batch, units) in RECURRENCES.items():
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(steps, directions, batch, 4 * units, generator=generator).requires_grad_()
+        w = (torch.rand(directions, 4 * units, units, generator=generator) * 0.2 - 0.1).requires_grad_()
+        h0, c0 = torch.zeros(directions, batch, units), torch.zeros(directions, batch, units)
+        mask = (torch.rand(steps, directions, batch, units, generator=generator) < 0.5).float() * 2.0
+        upstream = torch.randn(steps, directions, batch, units, generator=generator)
+
+        def run(compiled: bool):
+            recurrence.recurrence_kernel = kernel if compiled else (lambda: None)
+            try:
+                hs, cs = recurrence.MaskedLSTMRecurrence.apply(x, w, h0, c0, mask)
+                return (hs, cs, *torch.autograd.grad((hs * upstream).sum(), (x, w)))
+            finally:
+                recurrence.recurrence_kernel = kernel
+
+        assert all(torch.equal(a, b) for a, b in zip(run(False), run(True))), "the loops differ"
+        python_ms, kernel_ms = [], []
+        for _ in range(3):
+            python_ms.append(median_ms(lambda: run(False), repeats, None))
+            kernel_ms.append(median_ms(lambda: run(True), repeats, None))
+        print(f"  {name:<10} T {steps}, D {directions}, B {batch}, u {units}: Python {min(python_ms):6.2f}-"
+              f"{max(python_ms):6.2f} ms   C++ {min(kernel_ms):6.2f}-{max(kernel_ms):6.2f} ms   "
+              f"{min(p / k for p, k in zip(python_ms, kernel_ms)):.2f}-{max(p / k for p, k in zip(python_ms, kernel_ms)):.2f}x"
+              f"   (the same outputs and gradients: checked)")
+
+
 def median_ms(call, repeats: int, flush: torch.Tensor | None) -> float:
     call()
     times = []
@@ -99,11 +135,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     keep_freed_memory()
-    if softmax_loss_kernel() is None or dropout_mask_kernel() is None:
+    if None in (softmax_loss_kernel(), dropout_mask_kernel(), recurrence_kernel()):
         raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
     masks(options.repeats)
+    recurrences(max(5, options.repeats // 3))
     print("forward + backward of the bf16 softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
     flush = torch.empty(64 * 2**20)  # 256 MB
     for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():

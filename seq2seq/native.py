@@ -1,13 +1,16 @@
 """Compiled CPU kernels, built once on first use with torch.utils.cpp_extension (a C++ compiler and ninja).
 
-There are two, each a small C++ file in `csrc/`:
+There are three, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
 - `dropout_masks.cpp`: dropout masks from torch's CPU generator, the same masks as torch.rand would give
-  (seq2seq.dropout, every CPU run with dropout).
+  (seq2seq.dropout, every CPU run with dropout);
+- `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`), the same ATen operations in
+  the same order without Python between them.
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead, slower: the same masks bit for bit, the same loss and
-gradients to rounding (the kernel's exp and order of sums are its own). SEQ2SEQ_NATIVE=0 turns both off.
+line says so and the eager PyTorch code runs instead, slower: the same masks and step loops bit for bit, the same
+loss and gradients to rounding (the softmax kernel's exp and order of sums are its own). SEQ2SEQ_NATIVE=0 turns
+them off.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import functools
 import os
 import sys
 from pathlib import Path
-
-import torch
 
 SOURCES = Path(__file__).parent / "csrc"
 ISA_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mprefer-vector-width=512"],
@@ -29,7 +30,7 @@ def enabled() -> bool:
 
 
 def build_directory(capability: str) -> Path:
-    import torch.utils.cpp_extension  # imported here: it pulls in setuptools
+    import torch.utils.cpp_extension  # imported when first needed: it pulls in setuptools
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
     return Path(root) / f"seq2seq-torch{torch.__version__}-{capability.lower()}"
@@ -69,3 +70,9 @@ def softmax_loss_kernel():
 def dropout_mask_kernel():
     """The compiled dropout-mask sampler (keep_mask), or None."""
     return load("dropout_masks", "dropout-mask kernel")
+
+
+@functools.cache
+def recurrence_kernel():
+    """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None."""
+    return load("recurrence", "step-loop kernel")

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .native import recurrence_kernel
+
 
 class MaskedLSTMRecurrence(torch.autograd.Function):
     """hs, cs = MaskedLSTMRecurrence.apply(x_proj, w_hh, h0, c0, h_mask)
@@ -53,20 +55,11 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             w_t = w.transpose(1, 2).contiguous()  # (D, u, 4u): the in-place product below is ~1.5x faster on it
             gates = x_proj.clone()  # (T, D, B, 4u): x_proj, then the pre-activations, then the activations
             h_in, hs, cs, tanh_cs = (h0.new_empty(steps, directions, batch, units) for _ in range(4))
-            i, f, g, o = _steps(gates, units)
-            sigmoid_if = gates[..., :2 * units].unbind(0)
-            gates_t, h_in_t = gates.unbind(0), h_in.unbind(0)
-            hs_t, cs_t, tanh_cs_t = hs.unbind(0), cs.unbind(0), tanh_cs.unbind(0)
-            masks = _per_step(h_mask, steps)
-            h, c = h0, c0
-            for t in range(steps):
-                h = h_in_t[t].copy_(h) if masks[t] is None else torch.mul(h, masks[t], out=h_in_t[t])
-                gates_t[t].baddbmm_(h.to(w.dtype), w_t)  # (D, B, 4u) pre-activations
-                sigmoid_if[t].sigmoid_()
-                g[t].tanh_()
-                o[t].sigmoid_()
-                c = torch.mul(f[t], c, out=cs_t[t]).addcmul_(i[t], g[t])  # (D, B, u)
-                h = torch.mul(o[t], torch.tanh(c, out=tanh_cs_t[t]), out=hs_t[t])
+            kernel = recurrence_kernel() if gates.device.type == "cpu" else None
+            if kernel is not None:  # the loop below in C++, bit for bit
+                kernel.forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask)
+            else:
+                _forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask)
         ctx.save_for_backward(w, c0, h_mask, gates, h_in, hs, cs, tanh_cs)
         ctx.set_materialize_grads(False)
         ctx.w_dtype = w_hh.dtype
@@ -75,36 +68,68 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hs: Tensor | None, grad_cs: Tensor | None):
         w, c0, h_mask, gates, h_in, hs, cs, tanh_cs = ctx.saved_tensors
-        steps, (directions, batch, units) = gates.shape[0], h_in.shape[1:]
+        directions, units = h_in.shape[1], h_in.shape[3]
         with torch.autocast(gates.device.type, enabled=False):
             jac, k = _local_derivatives(gates, c0, hs, cs, tanh_cs)
             grad_gates = torch.empty_like(gates)  # (T, D, B, 4u)
-            f, grad_t, k_t = _steps(gates, units)[1], grad_gates.unbind(0), k.unbind(0)
-            jac_ifg = jac.view(steps, directions, batch, 4, units)[:, :, :, :3].unbind(0)  # T x (D, B, 3, u)
-            jac_o = jac[..., 3 * units:].unbind(0)
-            grad_ifg = grad_gates.view(steps, directions, batch, 4, units)[:, :, :, :3].unbind(0)
-            grad_o = grad_gates[..., 3 * units:].unbind(0)
-            grad_hs_t, grad_cs_t, masks = (_per_step(x, steps) for x in (grad_hs, grad_cs, h_mask))
-            dh_in = mask = dc = None  # from the step after: the gradient at its h_in and its mask; at c_t
-            for t in reversed(range(steps)):
-                dh, dc = _through_mask(grad_hs_t[t], dh_in, mask), _sum(grad_cs_t[t], dc)
-                if dh is None and dc is None:  # no gradient has reached this step yet
-                    grad_t[t].zero_()
-                    continue
-                if dh is None:
-                    grad_o[t].zero_()
-                else:
-                    torch.mul(jac_o[t], dh, out=grad_o[t])
-                    dc = dh * k_t[t] if dc is None else torch.addcmul(dc, dh, k_t[t])
-                torch.mul(jac_ifg[t], dc.unsqueeze(-2), out=grad_ifg[t])
-                dc = dc * f[t]  # to c_{t-1}
-                dh_in, mask = torch.bmm(grad_t[t], w).to(h_in.dtype), masks[t]  # (D, B, u)
+            kernel = recurrence_kernel() if gates.device.type == "cpu" else None
+            steps_backward = kernel.backward_steps if kernel is not None else _backward_steps
+            grad_h0, grad_c0 = steps_backward(grad_gates, gates, jac, k, w, h_in, grad_hs, grad_cs, h_mask)
             grad_w = None
             if ctx.needs_input_grad[1]:  # sum over steps and batch of d a^T h_in: (D, 4u, T*B) x (D, T*B, u)
                 flat = grad_gates.transpose(0, 1).reshape(directions, -1, 4 * units)
                 rows = h_in.transpose(0, 1).reshape(directions, -1, units).to(flat.dtype)
                 grad_w = torch.bmm(flat.transpose(1, 2), rows).to(ctx.w_dtype)
-        return grad_gates, grad_w, _through_mask(None, dh_in, mask), dc, None
+        return grad_gates, grad_w, grad_h0, grad_c0, None
+
+
+def _forward_steps(gates: Tensor, w_t: Tensor, h0: Tensor, c0: Tensor, h_in: Tensor, hs: Tensor, cs: Tensor,
+                   tanh_cs: Tensor, h_mask: Tensor | None) -> None:
+    """The forward loop (csrc/recurrence.cpp is the same in C++): fills h_in, hs, cs, tanh_cs (T, D, B, u) and turns
+    gates (T, D, B, 4u) from x_proj into the activations. w_t: (D, u, 4u)."""
+    steps, units = gates.shape[0], h0.shape[-1]
+    i, f, g, o = _steps(gates, units)
+    sigmoid_if = gates[..., :2 * units].unbind(0)
+    gates_t, h_in_t = gates.unbind(0), h_in.unbind(0)
+    hs_t, cs_t, tanh_cs_t = hs.unbind(0), cs.unbind(0), tanh_cs.unbind(0)
+    masks = _per_step(h_mask, steps)
+    h, c = h0, c0
+    for t in range(steps):
+        h = h_in_t[t].copy_(h) if masks[t] is None else torch.mul(h, masks[t], out=h_in_t[t])
+        gates_t[t].baddbmm_(h.to(w_t.dtype), w_t)  # (D, B, 4u) pre-activations
+        sigmoid_if[t].sigmoid_()
+        g[t].tanh_()
+        o[t].sigmoid_()
+        c = torch.mul(f[t], c, out=cs_t[t]).addcmul_(i[t], g[t])  # (D, B, u)
+        h = torch.mul(o[t], torch.tanh(c, out=tanh_cs_t[t]), out=hs_t[t])
+
+
+def _backward_steps(grad_gates: Tensor, gates: Tensor, jac: Tensor, k: Tensor, w: Tensor, h_in: Tensor,
+                    grad_hs: Tensor | None, grad_cs: Tensor | None, h_mask: Tensor | None):
+    """The backward loop (csrc/recurrence.cpp is the same in C++): fills grad_gates (T, D, B, 4u) and returns the
+    gradients at h0 and c0 (None where none reaches them). jac, k: _local_derivatives; w: (D, 4u, u)."""
+    steps, (directions, batch, units) = gates.shape[0], h_in.shape[1:]
+    f, grad_t, k_t = _steps(gates, units)[1], grad_gates.unbind(0), k.unbind(0)
+    jac_ifg = jac.view(steps, directions, batch, 4, units)[:, :, :, :3].unbind(0)  # T x (D, B, 3, u)
+    jac_o = jac[..., 3 * units:].unbind(0)
+    grad_ifg = grad_gates.view(steps, directions, batch, 4, units)[:, :, :, :3].unbind(0)
+    grad_o = grad_gates[..., 3 * units:].unbind(0)
+    grad_hs_t, grad_cs_t, masks = (_per_step(x, steps) for x in (grad_hs, grad_cs, h_mask))
+    dh_in = mask = dc = None  # from the step after: the gradient at its h_in and its mask; at c_t
+    for t in reversed(range(steps)):
+        dh, dc = _through_mask(grad_hs_t[t], dh_in, mask), _sum(grad_cs_t[t], dc)
+        if dh is None and dc is None:  # no gradient has reached this step yet
+            grad_t[t].zero_()
+            continue
+        if dh is None:
+            grad_o[t].zero_()
+        else:
+            torch.mul(jac_o[t], dh, out=grad_o[t])
+            dc = dh * k_t[t] if dc is None else torch.addcmul(dc, dh, k_t[t])
+        torch.mul(jac_ifg[t], dc.unsqueeze(-2), out=grad_ifg[t])
+        dc = dc * f[t]  # to c_{t-1}
+        dh_in, mask = torch.bmm(grad_t[t], w).to(h_in.dtype), masks[t]  # (D, B, u)
+    return _through_mask(None, dh_in, mask), dc
 
 
 def _local_derivatives(gates: Tensor, c0: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor) -> tuple[Tensor, Tensor]:

@@ -206,3 +206,39 @@ def test_bernoulli_mask_uses_the_kernel_and_the_fallback_gives_the_same_masks(ma
     for a, b in zip((*compiled.inputs, compiled.output, *compiled.recurrent),
                     (*eager.inputs, eager.output, *eager.recurrent)):
         assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def loops():
+    module = native.recurrence_kernel()
+    if module is None:
+        pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
+    return module
+
+
+def recurrence_run(loops, compiled, shape, mask_kind, reached, monkeypatch):
+    """MaskedLSTMRecurrence's outputs and gradients with the C++ loops or the Python ones."""
+    from seq2seq import recurrence
+
+    monkeypatch.setattr(recurrence, "recurrence_kernel", (lambda: loops) if compiled else (lambda: None))
+    steps, directions, batch, units = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(steps, directions, batch, 4 * units, generator=generator).requires_grad_()
+    w = (torch.randn(directions, 4 * units, units, generator=generator) * 0.3).requires_grad_()
+    h0, c0 = (torch.randn(directions, batch, units, generator=generator).requires_grad_() for _ in range(2))
+    mask_steps = {"none": 0, "fresh": steps, "shared": 1}[mask_kind]
+    mask = None if not mask_steps else (torch.rand(mask_steps, directions, batch, units, generator=generator) < 0.5) * 2.0
+    hs, cs = recurrence.MaskedLSTMRecurrence.apply(x, w, h0, c0, mask)
+    weights_h, weights_c = (torch.randn(hs.shape, generator=generator) for _ in range(2))
+    loss = {"every h": (hs * weights_h).sum(), "last c": (cs[-1] * weights_c[-1]).sum(),
+            "h and c": (hs * weights_h).sum() + (cs[-2:] * weights_c[-2:]).sum()}[reached]
+    return (hs, cs, *torch.autograd.grad(loss, (x, w, h0, c0)))
+
+
+@pytest.mark.parametrize("shape", [(20, 1, 20, 16), (7, 2, 3, 5), (1, 1, 2, 3)])
+@pytest.mark.parametrize("mask_kind", ["none", "fresh", "shared"])
+@pytest.mark.parametrize("reached", ["every h", "last c", "h and c"])
+def test_step_loops_in_cpp_equal_the_python_loops_bit_for_bit(loops, monkeypatch, shape, mask_kind, reached):
+    compiled = recurrence_run(loops, True, shape, mask_kind, reached, monkeypatch)
+    python = recurrence_run(loops, False, shape, mask_kind, reached, monkeypatch)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, python))
