@@ -65,7 +65,7 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, *, device=None, generator=N
     for every size up to 3M units, several p, default and explicit generators): runs repeat exactly, and
     the three (20, 20, 200) masks of a PTB step cost ~1.3 ms instead of ~2.8 ms. Where it is built, a compiled
     kernel (seq2seq.native, csrc/dropout_masks.cpp) draws those doubles from the same generator a block at a time
-    and gives the same mask and generator state again, bit for bit, ~10-20x faster still.
+    and gives the same mask and generator state again, bit for bit, 5-7x faster still (benchmarks/native_speed.py).
     """
     if torch.device(device or "cpu").type == "cpu":
         kernel = dropout_mask_kernel() if torch.get_default_dtype() == torch.float32 else None
