@@ -20,6 +20,7 @@ how far the kernel's loss and gradients are from the eager path's (both round th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -33,89 +34,15 @@ RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, 
 MASKS = {"ptb-small": ((20, 20, 200), 0.5), "demo": ((19, 110, 256), 0.2), "timit": ((300, 16, 250), 0.2)}
 
 
-def masks(repeats: int) -> None:
-    """Time bernoulli_mask with and without the kernel, alternating, after checking that both give the same mask."""
-    kernel = dropout.dropout_mask_kernel
-    print("dropout masks (seq2seq.dropout.bernoulli_mask), median ms a mask")
-    for name, (shape, p) in MASKS.items():
-        def draw(compiled: bool) -> torch.Tensor:
-            dropout.dropout_mask_kernel = kernel if compiled else (lambda: None)
-            try:
-                return dropout.bernoulli_mask(shape, p)
-            finally:
-                dropout.dropout_mask_kernel = kernel
-
-        same = []
-        for compiled in (False, True):
-            torch.manual_seed(0)
-            same.append((draw(compiled), torch.rand(1)))
-        assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1]), "masks differ"
-        eager_ms, kernel_ms = [], []
-        for _ in range(3):
-            eager_ms.append(median_ms(lambda: draw(False), repeats, None))
-            kernel_ms.append(median_ms(lambda: draw(True), repeats, None))
-        print(f"  {name:<10} {str(shape):<16} p {p}: eager {min(eager_ms):6.3f}-{max(eager_ms):6.3f} ms   kernel "
-              f"{min(kernel_ms):6.3f}-{max(kernel_ms):6.3f} ms   "
-              f"{min(e / k for e, k in zip(eager_ms, kernel_ms)):.1f}-{max(e / k for e, k in zip(eager_ms, kernel_ms)):.1f}x"
-              f"   (the same mask and generator state: checked)")
-
-
-def inputs(n: int, h: int, v: int, ignore_index: int | None):
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, h, generator=generator).requires_grad_()
-    weight = (torch.rand(v, h, generator=generator) * 0.2 - 0.1).requires_grad_()
-    bias = (torch.rand(v, generator=generator) * 0.2 - 0.1).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=generator)
-    if ignore_index is not None:
-        targets[n - n // 10:] = ignore_index  # the last tenth is padding
-    return hidden, weight, bias, targets
-
-
-def run(args, smoothing: float, ignore_index: int | None, compiled: bool):
-    """Forward and backward of the layer under bf16 autocast; returns the loss and the three gradients."""
-    hidden, weight, bias, targets = args
-    for tensor in (hidden, weight, bias):
-        tensor.grad = None
-    use = softmax.softmax_loss_kernel if compiled else (lambda: None)
-    saved, softmax.softmax_loss_kernel = softmax.softmax_loss_kernel, use
+@contextlib.contextmanager
+def kernel_switched(module, name: str, compiled: bool):
+    """module.name (the cached loader of a compiled kernel) as it is, or answering None (the eager code), inside."""
+    loader = getattr(module, name)
+    setattr(module, name, loader if compiled else (lambda: None))
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = softmax.linear_cross_entropy(hidden, weight, bias, targets, smoothing, ignore_index)
-        loss.backward()
+        yield
     finally:
-        softmax.softmax_loss_kernel = saved
-    return loss.detach(), hidden.grad, weight.grad, bias.grad
-
-
-def recurrences(repeats: int) -> None:
-    """Time the masked recurrence's forward + backward with the C++ loops and the Python ones, alternating."""
-    kernel = recurrence.recurrence_kernel
-    print("step loops (seq2seq.recurrence, fresh masks on h_{t-1}): forward + backward of one layer, median ms")
-    for name, (steps, directions, batch, units) in RECURRENCES.items():
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(steps, directions, batch, 4 * units, generator=generator).requires_grad_()
-        w = (torch.rand(directions, 4 * units, units, generator=generator) * 0.2 - 0.1).requires_grad_()
-        h0, c0 = torch.zeros(directions, batch, units), torch.zeros(directions, batch, units)
-        mask = (torch.rand(steps, directions, batch, units, generator=generator) < 0.5).float() * 2.0
-        upstream = torch.randn(steps, directions, batch, units, generator=generator)
-
-        def run(compiled: bool):
-            recurrence.recurrence_kernel = kernel if compiled else (lambda: None)
-            try:
-                hs, cs = recurrence.MaskedLSTMRecurrence.apply(x, w, h0, c0, mask)
-                return (hs, cs, *torch.autograd.grad((hs * upstream).sum(), (x, w)))
-            finally:
-                recurrence.recurrence_kernel = kernel
-
-        assert all(torch.equal(a, b) for a, b in zip(run(False), run(True))), "the loops differ"
-        python_ms, kernel_ms = [], []
-        for _ in range(3):
-            python_ms.append(median_ms(lambda: run(False), repeats, None))
-            kernel_ms.append(median_ms(lambda: run(True), repeats, None))
-        print(f"  {name:<10} T {steps}, D {directions}, B {batch}, u {units}: Python {min(python_ms):6.2f}-"
-              f"{max(python_ms):6.2f} ms   C++ {min(kernel_ms):6.2f}-{max(kernel_ms):6.2f} ms   "
-              f"{min(p / k for p, k in zip(python_ms, kernel_ms)):.2f}-{max(p / k for p, k in zip(python_ms, kernel_ms)):.2f}x"
-              f"   (the same outputs and gradients: checked)")
+        setattr(module, name, loader)
 
 
 def median_ms(call, repeats: int, flush: torch.Tensor | None) -> float:
@@ -130,6 +57,92 @@ def median_ms(call, repeats: int, flush: torch.Tensor | None) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
+def alternating(run, repeats: int, flush: torch.Tensor | None = None, labels=("eager", "kernel"), digits: int = 2,
+                ratio_digits: int = 2) -> str:
+    """run(compiled) timed three times each way, alternating: both ranges of medians and the range of their ratios."""
+    times = {False: [], True: []}
+    for _ in range(3):
+        for compiled in (False, True):
+            times[compiled].append(median_ms(lambda: run(compiled), repeats, flush))
+    ratios = [e / k for e, k in zip(times[False], times[True])]
+    spans = [f"{label} {min(t):6.{digits}f}-{max(t):6.{digits}f} ms" for label, t in zip(labels, times.values())]
+    return f"{spans[0]}   {spans[1]}   {min(ratios):.{ratio_digits}f}-{max(ratios):.{ratio_digits}f}x"
+
+
+def masks(repeats: int) -> None:
+    """Time bernoulli_mask with and without the kernel, alternating, after checking that both give the same mask."""
+    print("dropout masks (seq2seq.dropout.bernoulli_mask), median ms a mask")
+    for name, (shape, p) in MASKS.items():
+        def draw(compiled: bool) -> torch.Tensor:
+            with kernel_switched(dropout, "dropout_mask_kernel", compiled):
+                return dropout.bernoulli_mask(shape, p)
+
+        same = []
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            same.append((draw(compiled), torch.rand(1)))
+        assert torch.equal(same[0][0], same[1][0]) and torch.equal(same[0][1], same[1][1]), "masks differ"
+        print(f"  {name:<10} {str(shape):<16} p {p}: {alternating(draw, repeats, digits=3, ratio_digits=1)}"
+              f"   (the same mask and generator state: checked)")
+
+
+def recurrences(repeats: int) -> None:
+    """Time the masked recurrence's forward + backward with the C++ loops and the Python ones, alternating."""
+    print("step loops (seq2seq.recurrence, fresh masks on h_{t-1}): forward + backward of one layer, median ms")
+    for name, (steps, directions, batch, units) in RECURRENCES.items():
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(steps, directions, batch, 4 * units, generator=generator).requires_grad_()
+        w = (torch.rand(directions, 4 * units, units, generator=generator) * 0.2 - 0.1).requires_grad_()
+        h0, c0 = torch.zeros(directions, batch, units), torch.zeros(directions, batch, units)
+        mask = (torch.rand(steps, directions, batch, units, generator=generator) < 0.5).float() * 2.0
+        upstream = torch.randn(steps, directions, batch, units, generator=generator)
+
+        def run(compiled: bool):
+            with kernel_switched(recurrence, "recurrence_kernel", compiled):
+                hs, cs = recurrence.MaskedLSTMRecurrence.apply(x, w, h0, c0, mask)
+                return (hs, cs, *torch.autograd.grad((hs * upstream).sum(), (x, w)))
+
+        assert all(torch.equal(a, b) for a, b in zip(run(False), run(True))), "the loops differ"
+        print(f"  {name:<10} T {steps}, D {directions}, B {batch}, u {units}: "
+              f"{alternating(run, repeats, labels=('Python', 'C++'))}   (the same outputs and gradients: checked)")
+
+
+def inputs(n: int, h: int, v: int, ignore_index: int | None):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=generator).requires_grad_()
+    weight = (torch.rand(v, h, generator=generator) * 0.2 - 0.1).requires_grad_()
+    bias = (torch.rand(v, generator=generator) * 0.2 - 0.1).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=generator)
+    if ignore_index is not None:
+        targets[n - n // 10:] = ignore_index  # the last tenth is padding
+    return hidden, weight, bias, targets
+
+
+def softmax_layers(repeats: int) -> None:
+    """Time the bf16 softmax layer's forward + backward with and without the kernel, cached and from memory."""
+    print("forward + backward of the bf16 softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
+    flush = torch.empty(64 * 2**20)  # 256 MB
+    for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():
+        hidden, weight, bias, targets = inputs(n, h, v, ignore_index)
+
+        def run(compiled: bool):
+            """The loss and the three gradients."""
+            for tensor in (hidden, weight, bias):
+                tensor.grad = None
+            with kernel_switched(softmax, "softmax_loss_kernel", compiled), torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = softmax.linear_cross_entropy(hidden, weight, bias, targets, smoothing, ignore_index)
+            loss.backward()
+            return loss.detach(), hidden.grad, weight.grad, bias.grad
+
+        eager, kernel = run(False), run(True)
+        loss_error = abs(float(kernel[0]) - float(eager[0])) / abs(float(eager[0]))
+        grad_errors = [float((k - e).norm() / e.norm()) for k, e in zip(kernel[1:], eager[1:])]
+        print(f"{name}: N {n}, H {h}, V {v}, smoothing {smoothing}; kernel vs eager: loss rel. difference "
+              f"{loss_error:.1e}, gradients (h, W, b) {', '.join(f'{x:.1e}' for x in grad_errors)}")
+        for where, buffer in (("operands cached", None), ("from memory", flush)):
+            print(f"  {where:<16} {alternating(run, repeats, buffer)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -141,23 +154,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     masks(options.repeats)
     recurrences(max(5, options.repeats // 3))
-    print("forward + backward of the bf16 softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
-    flush = torch.empty(64 * 2**20)  # 256 MB
-    for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():
-        args = inputs(n, h, v, ignore_index)
-        eager, kernel = (run(args, smoothing, ignore_index, c) for c in (False, True))
-        loss_error = abs(float(kernel[0]) - float(eager[0])) / abs(float(eager[0]))
-        grad_errors = [float((k - e).norm() / e.norm()) for k, e in zip(kernel[1:], eager[1:])]
-        print(f"{name}: N {n}, H {h}, V {v}, smoothing {smoothing}; kernel vs eager: loss rel. difference "
-              f"{loss_error:.1e}, gradients (h, W, b) {', '.join(f'{x:.1e}' for x in grad_errors)}")
-        for where, buffer in (("operands cached", None), ("from memory", flush)):
-            eager_ms, kernel_ms = [], []
-            for _ in range(3):  # alternating
-                eager_ms.append(median_ms(lambda: run(args, smoothing, ignore_index, False), options.repeats, buffer))
-                kernel_ms.append(median_ms(lambda: run(args, smoothing, ignore_index, True), options.repeats, buffer))
-            print(f"  {where:<16} eager {min(eager_ms):6.2f}-{max(eager_ms):6.2f} ms   kernel "
-                  f"{min(kernel_ms):6.2f}-{max(kernel_ms):6.2f} ms   "
-                  f"{min(e / k for e, k in zip(eager_ms, kernel_ms)):.2f}-{max(e / k for e, k in zip(eager_ms, kernel_ms)):.2f}x")
+    softmax_layers(options.repeats)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ from hypothesis import strategies as st
 from seq2seq import native, softmax
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    module = native.softmax_loss_kernel()
+def built(load):
+    """The compiled module `load` returns; the test is skipped where it cannot be built."""
+    module = load()
     if module is None:
         pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
     return module
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return built(native.softmax_loss_kernel)
 
 
 def case(n, v, seed, scale=3.0):
@@ -155,10 +160,7 @@ def test_off_switch_and_failed_build_fall_back_to_eager(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def masks():
-    module = native.dropout_mask_kernel()
-    if module is None:
-        pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
-    return module
+    return built(native.dropout_mask_kernel)
 
 
 def eager_mask(shape, p, generator):
@@ -210,10 +212,7 @@ def test_bernoulli_mask_uses_the_kernel_and_the_fallback_gives_the_same_masks(ma
 
 @pytest.fixture(scope="module")
 def loops():
-    module = native.recurrence_kernel()
-    if module is None:
-        pytest.skip("the kernel could not be built here (no C++ compiler or ninja)")
-    return module
+    return built(native.recurrence_kernel)
 
 
 def recurrence_run(loops, compiled, shape, mask_kind, reached, monkeypatch):
