@@ -1,14 +1,16 @@
 """Compiled CPU kernels, built once on first use with torch.utils.cpp_extension (a C++ compiler and ninja).
 
-There are three, each a small C++ file in `csrc/`:
+There are four, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
 - `dropout_masks.cpp`: dropout masks from torch's CPU generator, the same masks as torch.rand would give
   (seq2seq.dropout, every CPU run with dropout);
 - `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`), the same ATen operations in
-  the same order without Python between them.
+  the same order without Python between them;
+- `search_cell.cpp`: a decoder layer's LSTM cell at a beam-search step with its row gathers, in one pass, with
+  ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead, slower: the same masks and step loops bit for bit, the same
+line says so and the eager PyTorch code runs instead, slower: the same masks, step loops and search cells bit for bit, the same
 loss and gradients to rounding (the softmax kernel's exp and order of sums are its own). SEQ2SEQ_NATIVE=0 turns
 them off.
 """
@@ -36,8 +38,9 @@ def build_directory(capability: str) -> Path:
     return Path(root) / f"seq2seq-torch{torch.__version__}-{capability.lower()}"
 
 
-def load(stem: str, what: str):
-    """Build (once) and import csrc/<stem>.cpp for this CPU; None where it is off or cannot be built."""
+def load(stem: str, what: str, flags: tuple[str, ...] = ()):
+    """Build (once) and import csrc/<stem>.cpp for this CPU, with `flags` added to the compiler's; None where it
+    is off or cannot be built."""
     if not enabled():
         return None
     import torch.utils.cpp_extension
@@ -51,7 +54,7 @@ def load(stem: str, what: str):
     try:
         directory.mkdir(parents=True, exist_ok=True)
         return torch.utils.cpp_extension.load(
-            name, [str(SOURCES / f"{stem}.cpp")], extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, [])],
+            name, [str(SOURCES / f"{stem}.cpp")], extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, []), *flags],
             extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the eager path computes the same
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -76,3 +79,15 @@ def dropout_mask_kernel():
 def recurrence_kernel():
     """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None."""
     return load("recurrence", "step-loop kernel")
+
+
+@functools.cache
+def search_cell_kernel():
+    """The compiled search-step LSTM cell (cell), or None. Built with ATen's vector classes for this CPU
+    (CPU_CAPABILITY_<ISA>, as ATen's own kernels) and without FMA contraction, so that its sigmoid, products and
+    sums round as ATen's do."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    isa = (f"-DCPU_CAPABILITY_{capability}",) if capability in ISA_FLAGS else ()
+    return load("search_cell", "search-cell kernel", (*isa, "-ffp-contract=off"))

@@ -173,12 +173,13 @@ def retire(finished: list[Hypothesis], row: list[float], width: int, first_row: 
     """Move a sentence's candidates that emit </s> (among its top k) into finished; True when the sentence
     is done: k finished, or no live hypothesis can still enter the n-best. row: the sentence's host copy
     [scores, beams, tokens (width each), best live score, ...]."""
-    penalty = length_penalty(step + 1, alpha)
-    for j in range(width):
-        score, beam, token = row[j], int(row[width + j]), int(row[2 * width + j])
-        if token == EOS and score != float("-inf"):
-            tokens, positions = backtrack(trail, first_row + beam)
-            finished.append(Hypothesis(tokens, score / penalty, score, positions))
+    if EOS in row[2 * width : 3 * width]:  # most sentences at most steps: no candidate ends, nothing to move
+        penalty = length_penalty(step + 1, alpha)
+        for j in range(width):
+            score, beam, token = row[j], int(row[width + j]), int(row[2 * width + j])
+            if token == EOS and score != float("-inf"):
+                tokens, positions = backtrack(trail, first_row + beam)
+                finished.append(Hypothesis(tokens, score / penalty, score, positions))
     return len(finished) >= k or cannot_improve(finished, row[3 * width], step, limit, alpha, nbest)
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .attention import LuongAttention
 from .dropout import DropoutMasks, check_dropout
 from .lstm import StackedLSTM, lstm_pointwise, reverse_padded
+from .native import search_cell_kernel
 from .products import Products
 from .softmax import linear_cross_entropy
 from .tokenizer import PAD
@@ -225,13 +226,13 @@ class Translator(nn.Module):
         normalised over each sentence's allowed ids, and the new state; with alignment (attention models),
         also the most attended encoder position of each row (N,)."""
         linear = self.products.linear  # fp32, or the large products in bf16 (seq2seq.products)
-        gates = self._target_gates().index_select(0, tokens)  # (N, 4H): layer 0's input projection of each token
+        gates, rows = self._target_gates(), tokens  # (V, 4H): layer 0's input projection of each token; its rows
         if self.config.input_feeding:
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
             weight_feed = self.products.weight(self.decoder.layers[0].weight_ih_l0)[:, self.config.embedding_size:]
-            gates = linear(feed, weight_feed, gates)  # (N, 4H)
+            gates, rows = linear(feed, weight_feed, gates.index_select(0, tokens)), None  # (N, 4H)
         top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates,
-                                   parents=state.rows, linear=linear)  # top: (N, H)
+                                   parents=state.rows, linear=linear, first_rows=rows)  # top: (N, H)
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True,
@@ -272,36 +273,51 @@ class Translator(nn.Module):
 @torch.no_grad()  # for search: the cell works in place (seq2seq.lstm.lstm_pointwise)
 def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Tensor],
                  first_gates: Tensor | None = None, parents: Tensor | None = None,
-                 linear=nn.functional.linear) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                 linear=nn.functional.linear, first_rows: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One time step of a unidirectional StackedLSTM without dropout, for search.
 
     x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
-    computed (a decoder can table it per target token); state: (h, c) each (L, B, H); parents: (N,)
-    the state row each new row continues (None: row n continues row n). W_hh h is computed once per
-    distinct parent: in beam search several hypotheses often extend the same one. linear(x, weight, bias)
-    computes the products (seq2seq.products: in bf16 with fp32 around them, for a CPU).
+    computed (a decoder can table it per target token: then first_gates is the (V, 4H) table and first_rows
+    (N,) the row of it each new row takes); state: (h, c) each (L, B, H); parents: (N,) the state row each
+    new row continues (None: row n continues row n). W_hh h is computed once per distinct parent: in beam
+    search several hypotheses often extend the same one. linear(x, weight, bias) computes the products
+    (seq2seq.products: in bf16 with fp32 around them, for a CPU).
     Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
-    is a third of the work. Returns the top output (N, H) and the new state.
+    is a third of the work. With fp32 states on a CPU the compiled search cell (seq2seq/csrc/search_cell.cpp)
+    does a layer's row gathers, sum and cell in one pass and finds the distinct parents without a sort, to
+    the same bits. Returns the top output (N, H) and the new state.
     """
+    kernel = search_cell_kernel() if state[1].device.type == "cpu" and state[1].dtype == torch.float32 else None
+    if first_rows is not None and (kernel is None or parents is None):  # the kernel looks rows up itself
+        first_gates, first_rows = first_gates.index_select(0, first_rows), None
     distinct, inverse = None, parents  # off the CPU, no torch.unique: its data-dependent size would sync
     if parents is not None and parents.device.type == "cpu":
-        distinct, inverse = torch.unique(parents, return_inverse=True)
+        distinct, inverse = (torch.unique(parents, return_inverse=True) if kernel is None
+                             else kernel.unique_rows(parents, state[1].shape[1]))
     hs, cs = [], []
     for index, layer in enumerate(decoder.layers):
+        gate_rows = None
         if index == 0 and first_gates is not None:
-            gates = first_gates
+            gates, gate_rows = first_gates, first_rows
         else:
             gates = linear(x, layer.weight_ih_l0, layer.bias_ih_l0 + layer.bias_hh_l0)  # (N, 4H)
         h, c = state[0][index], state[1][index]  # (B, H)
         if parents is None:
             gates = linear(h, layer.weight_hh_l0, gates)  # (N, 4H): gates + W_hh h (in fp32, one addmm)
-        else:
-            # W_hh h once per distinct parent (D, 4H), then one row per hypothesis (N, 4H), the input half added
-            # into that fresh copy (the same sum: a third (N, 4H) buffer costs more than the addition)
-            gates = linear(h if distinct is None else h.index_select(0, distinct), layer.weight_hh_l0
-                           ).index_select(0, inverse).add_(gates)
+            hh, inputs = gates, None
+        else:  # W_hh h once per distinct parent (D, 4H); row inverse[n] of it, plus the input half, is row n's
+            hh, inputs = linear(h if distinct is None else h.index_select(0, distinct), layer.weight_hh_l0), gates
+        if kernel is not None:  # gathers, sum and cell in one pass, into the step's (L, N, H) outputs
+            if index == 0:
+                rows = len(parents) if parents is not None else len(gates)
+                hs, cs = (c.new_empty(len(decoder.layers), rows, c.shape[-1]) for _ in range(2))
+            kernel.cell(hh, None if inputs is None else inverse, inputs, gate_rows, c, parents, hs[index], cs[index])
+            x = hs[index]
+            continue
+        if inputs is not None:  # one row per hypothesis (N, 4H), the input half added into that fresh copy
+            gates = hh.index_select(0, inverse).add_(inputs)
             c = c.index_select(0, parents)  # (N, H)
         x, c = lstm_pointwise(gates, c)
         hs.append(x)
         cs.append(c)
-    return x, (torch.stack(hs), torch.stack(cs))
+    return x, (hs, cs) if kernel is not None else (torch.stack(hs), torch.stack(cs))

@@ -241,3 +241,109 @@ def test_step_loops_in_cpp_equal_the_python_loops_bit_for_bit(loops, monkeypatch
     compiled = recurrence_run(loops, True, shape, mask_kind, reached, monkeypatch)
     python = recurrence_run(loops, False, shape, mask_kind, reached, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(compiled, python))
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return built(native.search_cell_kernel)
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.int32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(units=st.integers(1, 70), distinct=st.integers(1, 9), rows=st.integers(1, 40), previous=st.integers(1, 9),
+       table=st.sampled_from(["none", "per row", "looked up"]), gathered=st.booleans(), seed=st.integers(0, 10_000))
+def test_search_cell_equals_the_eager_gathers_and_cell_bit_for_bit(cells, units, distinct, rows, previous, table,
+                                                                   gathered, seed):
+    """hh[rows] + inputs[input_rows] through lstm_pointwise with c[parents], every optional index present or not,
+    at widths with and without a scalar tail (ATen's sigmoid finishes a row's last H mod 32 values with std::exp)."""
+    from seq2seq.lstm import lstm_pointwise
+
+    generator = torch.Generator().manual_seed(seed)
+    hh = torch.randn(distinct if gathered else rows, 4 * units, generator=generator) * 4
+    hh[0, : min(3, 4 * units)] = torch.tensor([30.0, -30.0, 1e-20])[: min(3, 4 * units)]  # saturated gates
+    row_index = torch.randint(0, distinct, (rows,), generator=generator) if gathered else None
+    inputs = {"none": None, "per row": torch.randn(rows, 4 * units, generator=generator),
+              "looked up": torch.randn(11, 4 * units, generator=generator)}[table]
+    input_rows = torch.randint(0, 11, (rows,), generator=generator) if table == "looked up" else None
+    c = torch.randn(previous if gathered else rows, units, generator=generator) * 2
+    parents = torch.randint(0, previous, (rows,), generator=generator) if gathered else None
+
+    gates = hh if row_index is None else hh.index_select(0, row_index)
+    if inputs is not None:
+        gates = gates + (inputs if input_rows is None else inputs.index_select(0, input_rows))
+    h_ref, c_ref = lstm_pointwise(gates.clone(), c if parents is None else c.index_select(0, parents))
+    h_out, c_out = torch.full((rows, units), float("nan")), torch.full((rows, units), float("nan"))
+    c_before = c.clone()
+    cells.cell(hh, row_index, inputs, input_rows, c, parents, h_out, c_out)
+    assert torch.equal(bits(h_out), bits(h_ref)) and torch.equal(bits(c_out), bits(c_ref))
+    assert torch.equal(c, c_before)  # the previous state is read, not written
+
+
+def test_search_cell_does_not_depend_on_the_thread_count(cells):
+    generator = torch.Generator().manual_seed(3)
+    hh, c = torch.randn(200, 4 * 256, generator=generator), torch.randn(64, 256, generator=generator)
+    rows, parents = torch.randint(0, 200, (320,), generator=generator), torch.randint(0, 64, (320,), generator=generator)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            h_out, c_out = torch.empty(320, 256), torch.empty(320, 256)
+            cells.cell(hh, rows, None, None, c, parents, h_out, c_out)
+            results.append((h_out, c_out))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@settings(max_examples=40, deadline=None)
+@given(parents=st.lists(st.integers(0, 30), min_size=1, max_size=60), extra=st.integers(0, 5))
+def test_unique_rows_equals_torch_unique(cells, parents, extra):
+    index = torch.tensor(parents)
+    distinct, inverse = cells.unique_rows(index, max(parents) + 1 + extra)
+    expected_distinct, expected_inverse = torch.unique(index, sorted=True, return_inverse=True)
+    assert torch.equal(distinct, expected_distinct) and torch.equal(inverse, expected_inverse)
+
+
+def test_search_cell_refuses_bad_indices_and_dtypes(cells):
+    hh, c, out = torch.zeros(3, 8), torch.zeros(3, 2), torch.empty(4, 2)
+    with pytest.raises(RuntimeError, match=r"rows\[1\] = 3 is outside \[0, 3\)"):
+        cells.cell(hh, torch.tensor([0, 3, 1, 1]), None, None, c, torch.tensor([0, 1, 2, 0]), out, out.clone())
+    with pytest.raises(RuntimeError, match="parents"):
+        cells.cell(hh, torch.tensor([0, 1, 2, 1]), None, None, c, torch.tensor([0, 1, 2, -1]), out, out.clone())
+    with pytest.raises(RuntimeError, match="float32"):
+        cells.cell(hh.double(), None, None, None, c, None, out[:3], out[:3].clone())
+    with pytest.raises(RuntimeError, match="parents"):
+        cells.unique_rows(torch.tensor([0, 5]), 5)
+
+
+@pytest.mark.parametrize("variant", [dict(attention=False), dict(attention=True, bidirectional_encoder=True),
+                                     dict(attention=True, input_feeding=True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, monkeypatch, variant, dtype):
+    """Every hypothesis, score and alignment of a batched beam search, kernel on and off, in fp32 and with the
+    bf16 products of seq2seq.products (whose cell stays fp32)."""
+    from seq2seq import translator
+    from seq2seq.products import prepare_for_search
+    from seq2seq.search import beam_search
+    from seq2seq.tokenizer import PAD
+
+    torch.manual_seed(0)
+    config = translator.TranslatorConfig(src_vocab_size=30, tgt_vocab_size=40, embedding_size=16, hidden_size=24,
+                                         num_layers=2, dropout=0.0, init_scale=0.5, **variant)
+    model = prepare_for_search(translator.Translator(config).eval(), torch.device("cpu"), dtype)
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 9, (7,), generator=generator)
+    src = torch.full((int(lengths.max()), 7), PAD)
+    for b, n in enumerate(lengths.tolist()):
+        src[:n, b] = torch.randint(4, 30, (n,), generator=generator)
+    found = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(translator, "search_cell_kernel", (lambda: cells) if compiled else (lambda: None))
+        hypotheses = beam_search(model, src, lengths, beam_size=4, alpha=0.6, nbest=3,
+                                 alignment=config.attention)
+        found[compiled] = [[(h.tokens, h.score, h.log_prob, h.alignment) for h in row] for row in hypotheses]
+    assert found[True] == found[False]
+    assert sum(len(h[0]) for row in found[True] for h in row) > 0  # something was searched for

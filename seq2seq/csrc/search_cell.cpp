@@ -1,0 +1,161 @@
+// One decoder layer's LSTM cell at a beam-search step, with the row gathers around it, in one pass (built on
+// first use by seq2seq/native.py; called from seq2seq.translator.decoder_step). For each new row n:
+//   gates = hh[rows[n]] + inputs[input_rows[n]]    (N, 4H): W_hh h of the row's parent + the input half (layer 0:
+//                                                  a row of the per-token table, looked up here)
+//   c_n   = sigmoid(f) * c[parents[n]] + sigmoid(i) * tanh(g)
+//   h_n   = tanh(c_n) * sigmoid(o)
+// written straight into h_out and c_out (a layer of the step's (L, N, H) outputs: no stack afterwards).
+//
+// Eager PyTorch spends a beam step's element-wise work in about fourteen operations a layer (three gathers, an
+// addition, four activations, three products and sums, the stacks), each with its own pass over memory and its
+// own dispatch; at a beam's sizes (320 x 256) that costs more than their arithmetic. The arithmetic here is
+// ATen's own, so h and c are the same to the last bit as seq2seq.lstm.lstm_pointwise after the gathers:
+// - sigmoid as ATen's CPU kernel computes it: 1 / (1 + exp(-x)) with Sleef's vector exp, two vectors at a time
+//   along each row of H, and std::exp for a row's last H mod (2 x lanes) values;
+// - tanh through MKL's vector math (vmsTanh, high accuracy), which torch.tanh calls on x86 builds; the library
+//   is torch's own copy (libtorch_cpu exports it), so this file does not build where torch has no MKL;
+// - the products and sums one rounding each: the file is compiled with -ffp-contract=off (no fused multiply-add).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#if defined(__FAST_MATH__)
+#error "search_cell.cpp must be compiled without -ffast-math: its results are ATen's to the last bit"
+#endif
+
+extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entry
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+// VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as ATen's vml.h passes them
+constexpr int64_t kTanhMode = 0x00000002 | 0x00140000 | 0x00000100;
+
+void tanh_row(const float* x, float* y, int64_t n) {
+  // n is read as MKL_INT: an int64 holding a small count reads the same as an int32 on little-endian x86
+  VMSTANH_(&n, x, y, &kTanhMode);
+}
+
+inline Vec sigmoid_vec(Vec a) {  // ATen's vectorised sigmoid, operation for operation
+  a = Vec(0.f) - a;
+  a = a.exp();
+  a = a + Vec(1.f);
+  return a.reciprocal();
+}
+
+void sigmoid_row(float* x, int64_t n) {  // in place, ATen's loop: two vectors a turn, the rest scalar
+  constexpr int64_t lanes = Vec::size();
+  int64_t j = 0;
+  for (; j <= n - 2 * lanes; j += 2 * lanes) {
+    sigmoid_vec(Vec::loadu(x + j)).store(x + j);
+    sigmoid_vec(Vec::loadu(x + j + lanes)).store(x + j + lanes);
+  }
+  for (; j < n; ++j) x[j] = 1.f / (1.f + std::exp(-x[j]));
+}
+
+const int64_t* index_data(const std::optional<at::Tensor>& index, int64_t rows, int64_t bound, const char* what) {
+  if (!index) return nullptr;
+  TORCH_CHECK(index->scalar_type() == at::kLong && index->dim() == 1 && index->is_contiguous() &&
+                  index->size(0) == rows, what, " must be a contiguous int64 vector of ", rows, " entries");
+  const int64_t* data = index->data_ptr<int64_t>();
+  for (int64_t n = 0; n < rows; ++n)
+    TORCH_CHECK(data[n] >= 0 && data[n] < bound, what, "[", n, "] = ", data[n], " is outside [0, ", bound, ")");
+  return data;
+}
+
+void check_matrix(const at::Tensor& t, int64_t cols, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
+                  t.size(1) == cols, what, " must be a contiguous float32 CPU matrix with ", cols, " columns");
+}
+
+}  // namespace
+
+// hh (D, 4H); rows (N,) into hh, or none (row n of hh); inputs (N or V, 4H) or none; input_rows (N,) into inputs,
+// or none (row n of inputs); c (B, H); parents (N,) into c, or none (row n of c); h_out, c_out (N, H), written.
+void cell(const at::Tensor& hh, const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& inputs,
+          const std::optional<at::Tensor>& input_rows, const at::Tensor& c, const std::optional<at::Tensor>& parents,
+          at::Tensor h_out, at::Tensor c_out) {
+  RECORD_FUNCTION("seq2seq::search_cell_kernel", std::vector<c10::IValue>());  // named in the profiler's tables
+  const int64_t units = c.size(-1), n_rows = h_out.size(0), width = 4 * units;
+  check_matrix(hh, width, "hh");
+  check_matrix(c, units, "c");
+  check_matrix(h_out, units, "h_out");
+  check_matrix(c_out, units, "c_out");
+  TORCH_CHECK(c_out.size(0) == n_rows, "h_out and c_out must have the same rows");
+  if (inputs) check_matrix(*inputs, width, "inputs");
+  TORCH_CHECK(!input_rows || inputs, "input_rows needs inputs");
+  const int64_t* input_row_of = inputs ? index_data(input_rows, n_rows, inputs->size(0), "input_rows") : nullptr;
+  TORCH_CHECK(!inputs || input_row_of || inputs->size(0) == n_rows,
+              "without input_rows, inputs must have one row per output row");
+  const int64_t* row_of = index_data(rows, n_rows, hh.size(0), "rows");
+  const int64_t* parent_of = index_data(parents, n_rows, c.size(0), "parents");
+  TORCH_CHECK(row_of || hh.size(0) == n_rows, "without rows, hh must have one row per output row");
+  TORCH_CHECK(parent_of || c.size(0) == n_rows, "without parents, c must have one row per output row");
+  const float* hh_data = hh.data_ptr<float>();
+  const float* in_data = inputs ? inputs->data_ptr<float>() : nullptr;
+  const float* c_data = c.data_ptr<float>();
+  float* h_data = h_out.data_ptr<float>();
+  float* c_new = c_out.data_ptr<float>();
+
+  at::parallel_for(0, n_rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(width + units);
+    float* gates = buffer.data();          // [i f g o], then tanh(c) in the last H
+    float* tanh_c = gates + width;
+    for (int64_t n = begin; n < end; ++n) {
+      const float* source = hh_data + (row_of ? row_of[n] : n) * width;
+      if (in_data) {
+        const float* in = in_data + (input_row_of ? input_row_of[n] : n) * width;
+        for (int64_t j = 0; j < width; ++j) gates[j] = source[j] + in[j];
+      } else {
+        std::copy(source, source + width, gates);
+      }
+      float *i = gates, *f = gates + units, *g = gates + 2 * units, *o = gates + 3 * units;
+      sigmoid_row(i, units);
+      sigmoid_row(f, units);
+      tanh_row(g, g, units);
+      sigmoid_row(o, units);
+      const float* c_prev = c_data + (parent_of ? parent_of[n] : n) * units;
+      float* c_n = c_new + n * units;
+      for (int64_t j = 0; j < units; ++j) c_n[j] = f[j] * c_prev[j] + i[j] * g[j];
+      tanh_row(c_n, tanh_c, units);
+      float* h_n = h_data + n * units;
+      for (int64_t j = 0; j < units; ++j) h_n[j] = tanh_c[j] * o[j];
+    }
+  });
+}
+
+// torch.unique(parents, sorted=True, return_inverse=True) for row indices below `bound`: the distinct parents in
+// ascending order (D,) and each row's place among them (N,), by marking, not sorting (N is a beam's few hundred
+// rows, bound the previous step's).
+std::tuple<at::Tensor, at::Tensor> unique_rows(const at::Tensor& parents, int64_t bound) {
+  RECORD_FUNCTION("seq2seq::unique_rows", std::vector<c10::IValue>());
+  const int64_t n_rows = parents.size(0);
+  const int64_t* parent_of = index_data(parents, n_rows, bound, "parents");
+  std::vector<char> seen(bound, 0);
+  for (int64_t n = 0; n < n_rows; ++n) seen[parent_of[n]] = 1;
+  std::vector<int64_t> place(bound, -1);  // parent row -> its place among the distinct ones
+  int64_t distinct = 0;
+  for (int64_t b = 0; b < bound; ++b)
+    if (seen[b]) place[b] = distinct++;
+  at::Tensor rows = at::empty({distinct}, parents.options()), inverse = at::empty({n_rows}, parents.options());
+  int64_t* rows_data = rows.data_ptr<int64_t>();
+  for (int64_t b = 0; b < bound; ++b)
+    if (place[b] >= 0) rows_data[place[b]] = b;
+  int64_t* inverse_data = inverse.data_ptr<int64_t>();
+  for (int64_t n = 0; n < n_rows; ++n) inverse_data[n] = place[parent_of[n]];
+  return {rows, inverse};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cell", &cell, "one decoder layer's LSTM cell at a search step, gathers included (see the file's head)");
+  m.def("unique_rows", &unique_rows, "torch.unique(parents, sorted=True, return_inverse=True), rows below bound");
+}
