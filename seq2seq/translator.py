@@ -234,10 +234,10 @@ class Translator(nn.Module):
         top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates,
                                    parents=state.rows, linear=linear, first_rows=rows)  # top: (N, H)
         if self.attention is not None:
-            query = top.view(memory.src_mask.shape[0], -1, top.shape[-1]).transpose(0, 1)  # (R, B, H)
+            query = top.view(memory.src_mask.shape[0], -1, top.shape[-1])  # (B, R, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True,
-                                          linear=linear)
-            top = top.transpose(0, 1).reshape(tokens.shape[0], -1)  # (N, H)
+                                          linear=linear, batch_first=True)
+            top = top.view(tokens.shape[0], -1)  # (N, H)
             positions = weights.argmax(dim=-1).reshape(-1) if alignment else None  # (B, R) -> (N,)
         if output is None:
             logits = linear(top, self.output.weight, self.output.bias)  # (N, V)

@@ -122,3 +122,18 @@ def test_search_step_equals_teacher_forcing_and_follows_weight_updates(variant):
         torch.testing.assert_close(stepped_log_probs(), forced_log_probs(), atol=1e-5, rtol=0)
         model.load_state_dict(tiny(variant, init_scale=0.9).state_dict())
         torch.testing.assert_close(stepped_log_probs(), forced_log_probs(), atol=1e-5, rtol=0)
+
+
+def test_attention_batch_first_equals_time_first_transposed():
+    """Search calls attention with its rows batch-first ((B, R, H), no transposes or copies around it); the
+    values are those of the time-first call, transposed."""
+    model = tiny("attention", hidden_size=16)
+    src, lengths, _, _ = batch()
+    memory, _ = model.encode(src, lengths)
+    query = torch.randn(5, 3, 16, generator=torch.Generator().manual_seed(2))  # (T, B, H)
+    time_first, weights = model.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True)
+    batch_first, weights_bf = model.attention(query.transpose(0, 1).contiguous(), memory.keys, memory.outputs,
+                                              memory.src_mask, return_weights=True, batch_first=True)
+    assert batch_first.shape == (3, 5, 16)
+    torch.testing.assert_close(batch_first, time_first.transpose(0, 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(weights_bf, weights, rtol=0, atol=0)
