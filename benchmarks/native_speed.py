@@ -10,6 +10,11 @@ Step loops: one masked LSTM layer's recurrence (seq2seq.recurrence.MaskedLSTMRec
 forward and backward, with its loops in C++ and in Python, at PTB small's (T 20, B 20, u 200) and TIMIT's
 bidirectional (T 300, D 2, B 16, u 125) shapes; each pair is checked to give the same outputs and gradients.
 
+Search cells: one decoding step's decoder (seq2seq.translator.decoder_step, 2 layers of 256 like the demo
+translator) for a beam of 5 over 64 sentences (320 rows continuing 200 distinct parents, layer 0's gates looked up
+in a 4,000-token table), with the compiled cell and with the eager gathers and cell; each pair is checked to give
+the same h and c bit for bit.
+
 The bf16 softmax layer's forward + backward: for each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
 and padding) it times seq2seq.softmax.linear_cross_entropy under bf16 autocast, forward and backward (the
 three products included), both ways, alternating: once with the operands cached (the same call repeated) and once
@@ -25,9 +30,9 @@ import time
 
 import torch
 
-from seq2seq import dropout, recurrence, softmax
+from seq2seq import dropout, recurrence, softmax, translator
 from seq2seq.devices import keep_freed_memory
-from seq2seq.native import dropout_mask_kernel, recurrence_kernel, softmax_loss_kernel
+from seq2seq.native import dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_loss_kernel
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
 RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, D, B, u
@@ -107,6 +112,28 @@ def recurrences(repeats: int) -> None:
               f"{alternating(run, repeats, labels=('Python', 'C++'))}   (the same outputs and gradients: checked)")
 
 
+def search_cells(repeats: int) -> None:
+    """Time one search step's decoder with the compiled cell and the eager one, alternating."""
+    print("search cells (seq2seq.translator.decoder_step, one beam step, its W_hh products included), median ms")
+    layers, units, rows, parents, sentences, vocab = 2, 256, 320, 200, 64, 4_000
+    generator = torch.Generator().manual_seed(0)
+    decoder = translator.StackedLSTM(units, units, layers, dropout=0.0).eval()
+    table = torch.randn(vocab, 4 * units, generator=generator)
+    tokens = torch.randint(0, vocab, (rows,), generator=generator)
+    previous = torch.randperm(rows, generator=generator)[:parents].repeat(2)[:rows]  # 200 distinct of 320
+    state = (torch.randn(layers, rows, units, generator=generator), torch.randn(layers, rows, units, generator=generator))
+
+    def run(compiled: bool):
+        with kernel_switched(translator, "search_cell_kernel", compiled):
+            top, (h, c) = translator.decoder_step(decoder, None, state, first_gates=table, parents=previous,
+                                                  first_rows=tokens)
+            return top, h, c
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True))), "the cells differ"
+    print(f"  demo decoder, {layers} x {units}, {rows} rows ({sentences} sentences x beam 5), {parents} parents: "
+          f"{alternating(run, repeats)}   (the same h and c: checked)")
+
+
 def inputs(n: int, h: int, v: int, ignore_index: int | None):
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=generator).requires_grad_()
@@ -148,12 +175,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     keep_freed_memory()
-    if None in (softmax_loss_kernel(), dropout_mask_kernel(), recurrence_kernel()):
+    if None in (softmax_loss_kernel(), dropout_mask_kernel(), recurrence_kernel(), search_cell_kernel()):
         raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
     masks(options.repeats)
     recurrences(max(5, options.repeats // 3))
+    search_cells(options.repeats)
     softmax_layers(options.repeats)
 
 
