@@ -38,7 +38,7 @@ from . import __version__
 from .checkpoint import write_json
 from .data.batching import token_batches
 from .data.parallel import decode_line, open_text, read_text_lines
-from .devices import DTYPES, choose_device, choose_dtype
+from .devices import DTYPES, choose_device, choose_dtype, keep_freed_memory
 from .errors import ArgumentParser, UserError, exits_cleanly, positive
 from .metrics import check_aligned, corpus_scores, paired_bootstrap
 from .model_dir import load_translator
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--shortlist: {args.model} has no {SHORTLIST_NAME}")
     workers = args.workers or min(2, torch.get_num_threads())
     torch.set_grad_enabled(False)
+    keep_freed_memory()  # every step allocates alike: reuse freed blocks instead of faulting fresh pages in (~5%)
     best: list[str] = []
     count, seconds = 0, 0.0  # seconds: in the search only (not loading, reading input or writing)
     with output_sink(args.output) as write:
