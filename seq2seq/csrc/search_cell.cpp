@@ -13,7 +13,8 @@
 // - sigmoid as ATen's CPU kernel computes it: 1 / (1 + exp(-x)) with Sleef's vector exp, two vectors at a time
 //   along each row of H, and std::exp for a row's last H mod (2 x lanes) values;
 // - tanh through MKL's vector math (vmsTanh, high accuracy), which torch.tanh calls on x86 builds; the library
-//   is torch's own copy (libtorch_cpu exports it), so this file does not build where torch has no MKL;
+//   is torch's own copy (libtorch_cpu exports it), so where torch has no MKL the module does not load and
+//   seq2seq.native falls back to the eager step;
 // - the products and sums one rounding each: the file is compiled with -ffp-contract=off (no fused multiply-add).
 
 #include <torch/extension.h>
