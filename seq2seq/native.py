@@ -4,8 +4,8 @@ There are four, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
 - `dropout_masks.cpp`: dropout masks from torch's CPU generator, the same masks as torch.rand would give
   (seq2seq.dropout, every CPU run with dropout);
-- `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`), the same ATen operations in
-  the same order without Python between them;
+- `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`) without Python between them,
+  each float32 step's element-wise work in one pass with ATen's arithmetic;
 - `search_cell.cpp`: a decoder layer's LSTM cell at a beam-search step with its row gathers, in one pass, with
   ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
@@ -77,8 +77,10 @@ def dropout_mask_kernel():
 
 @functools.cache
 def recurrence_kernel():
-    """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None."""
-    return load("recurrence", "step-loop kernel")
+    """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None. Built like the
+    search cell (ATen's vector classes for this CPU, no FMA contraction): its float32 steps use the same
+    functions."""
+    return load("recurrence", "step-loop kernel", aten_arithmetic_flags())
 
 
 @functools.cache
@@ -86,8 +88,15 @@ def search_cell_kernel():
     """The compiled search-step LSTM cell (cell), or None. Built with ATen's vector classes for this CPU
     (CPU_CAPABILITY_<ISA>, as ATen's own kernels) and without FMA contraction, so that its sigmoid, products and
     sums round as ATen's do."""
+    return load("search_cell", "search-cell kernel", aten_arithmetic_flags())
+
+
+def aten_arithmetic_flags() -> tuple[str, ...]:
+    """Compiler flags for a kernel whose arithmetic must round as ATen's: ATen's vector classes for this CPU
+    (CPU_CAPABILITY_<ISA>, as ATen's own kernels are built) and no FMA contraction (a fused multiply-add only where
+    the code asks for one)."""
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     isa = (f"-DCPU_CAPABILITY_{capability}",) if capability in ISA_FLAGS else ()
-    return load("search_cell", "search-cell kernel", (*isa, "-ffp-contract=off"))
+    return (*isa, "-ffp-contract=off")

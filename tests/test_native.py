@@ -234,7 +234,7 @@ def recurrence_run(loops, compiled, shape, mask_kind, reached, monkeypatch):
     return (hs, cs, *torch.autograd.grad(loss, (x, w, h0, c0)))
 
 
-@pytest.mark.parametrize("shape", [(20, 1, 20, 16), (7, 2, 3, 5), (1, 1, 2, 3)])
+@pytest.mark.parametrize("shape", [(20, 1, 20, 16), (7, 2, 3, 5), (1, 1, 2, 3), (4, 1, 5, 200), (3, 2, 2, 125)])
 @pytest.mark.parametrize("mask_kind", ["none", "fresh", "shared"])
 @pytest.mark.parametrize("reached", ["every h", "last c", "h and c"])
 def test_step_loops_in_cpp_equal_the_python_loops_bit_for_bit(loops, monkeypatch, shape, mask_kind, reached):

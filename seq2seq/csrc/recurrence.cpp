@@ -1,13 +1,29 @@
 // The step loops of seq2seq/recurrence.py (MaskedLSTMRecurrence, the `variational` and `naive` placements) in
-// C++: the same ATen operations on the same buffers in the same order, so the results are the same bit for bit,
-// without the Python interpreter between them (built on first use by seq2seq/native.py). At PTB small's sizes
-// (20 rows a step) an operation's arithmetic takes a few microseconds and the Python around it about as much.
-// The comments name the Python lines each block transliterates; the equations are in recurrence.py.
+// C++, the same bit for bit, without the Python interpreter between them (built on first use by
+// seq2seq/native.py). At PTB small's sizes (20 rows a step) an operation's arithmetic takes a few microseconds
+// and the Python around it about as much, and so does each operation's own dispatch: so for float32 tensors a
+// step's element-wise work (forward: the activations and the cell, seven operations; backward: the masked sums,
+// the gates' gradient and dc, six) is one pass over its rows, with ATen's arithmetic: the sigmoid as ATen's CPU
+// kernel computes it, tanh through MKL's vector function as torch.tanh calls it, addcmul as a fused
+// multiply-add as ATen's addcmul kernel is compiled, every other product and sum rounded on its own (the file is
+// built with -ffp-contract=off; see csrc/search_cell.cpp for the same functions). Other dtypes (float64 in the
+// gradient checks) run the same ATen operations as the Python loops. The comments name the Python lines each
+// block transliterates; the equations are in recurrence.py.
 
 #include <torch/extension.h>
 
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
 #include <optional>
 #include <tuple>
+
+#if defined(__FAST_MATH__)
+#error "recurrence.cpp must be compiled without -ffast-math: its results are ATen's to the last bit"
+#endif
+
+extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entry
 
 namespace {
 
@@ -29,6 +45,58 @@ std::optional<at::Tensor> through_mask(const std::optional<at::Tensor>& grad, co
   return grad ? at::addcmul(*grad, *dh_in, *mask) : *dh_in * *mask;
 }
 
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kTanhMode = 0x00000002 | 0x00140000 | 0x00000100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
+
+void tanh_row(const float* x, float* y, int64_t n) { VMSTANH_(&n, x, y, &kTanhMode); }
+
+inline Vec sigmoid_vec(Vec a) {  // ATen's vectorised sigmoid, operation for operation
+  a = Vec(0.f) - a;
+  a = a.exp();
+  a = a + Vec(1.f);
+  return a.reciprocal();
+}
+
+void sigmoid_row(float* x, int64_t n) {  // in place, ATen's loop along a row: two vectors a turn, the rest scalar
+  constexpr int64_t lanes = Vec::size();
+  int64_t j = 0;
+  for (; j <= n - 2 * lanes; j += 2 * lanes) {
+    sigmoid_vec(Vec::loadu(x + j)).store(x + j);
+    sigmoid_vec(Vec::loadu(x + j + lanes)).store(x + j + lanes);
+  }
+  for (; j < n; ++j) x[j] = 1.f / (1.f + std::exp(-x[j]));
+}
+
+bool fusable(std::initializer_list<const at::Tensor*> tensors) {  // float32, contiguous, on the CPU
+  for (const at::Tensor* t : tensors)
+    if (t->scalar_type() != at::kFloat || !t->is_contiguous() || !t->device().is_cpu()) return false;
+  return true;
+}
+
+const float* step_data(const std::optional<at::Tensor>& x, int64_t t, int64_t size) {  // (T or 1, ...) step t
+  if (!x) return nullptr;
+  return x->data_ptr<float>() + (x->size(0) == 1 ? 0 : t * size);
+}
+
+// One forward step's activations and cell over rows (D * B) of u units: gates (rows, 4u) pre-activations, turned
+// into activations in place; c_t, tanh_c_t, h_t (rows, u) written from c_prev.
+// Python: sigmoid_if.sigmoid_(); g.tanh_(); o.sigmoid_(); c = mul(f, c).addcmul_(i, g); h = mul(o, tanh(c))
+void cell_forward(float* gates, const float* c_prev, float* c_t, float* tanh_c_t, float* h_t, int64_t rows,
+                  int64_t units) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* i = gates + r * 4 * units;
+    float *f = i + units, *g = i + 2 * units, *o = i + 3 * units;
+    sigmoid_row(i, 2 * units);  // i and f: one row of 2u, as the (D, B, 2u) view is walked
+    tanh_row(g, g, units);
+    sigmoid_row(o, units);
+    const float* c0 = c_prev + r * units;
+    float *c = c_t + r * units, *tc = tanh_c_t + r * units, *h = h_t + r * units;
+    for (int64_t j = 0; j < units; ++j) c[j] = std::fma(i[j], g[j], f[j] * c0[j]);  // addcmul: one rounding
+    tanh_row(c, tc, units);
+    for (int64_t j = 0; j < units; ++j) h[j] = o[j] * tc[j];
+  }
+}
+
 }  // namespace
 
 // MaskedLSTMRecurrence.forward's loop: fills h_in, hs, cs, tanh_cs (T, D, B, u) and turns gates (T, D, B, 4u)
@@ -36,22 +104,102 @@ std::optional<at::Tensor> through_mask(const std::optional<at::Tensor>& grad, co
 void forward_steps(at::Tensor gates, const at::Tensor& w_t, const at::Tensor& h0, const at::Tensor& c0,
                    at::Tensor h_in, at::Tensor hs, at::Tensor cs, at::Tensor tanh_cs,
                    const std::optional<at::Tensor>& h_mask) {
-  const int64_t steps = gates.size(0), units = h0.size(-1);
+  const int64_t steps = gates.size(0), units = h0.size(-1), rows = gates.size(1) * gates.size(2);
+  const bool fused = fusable({&gates, &c0, &hs, &cs, &tanh_cs});
   at::Tensor h = h0, c = c0;
   for (int64_t t = 0; t < steps; ++t) {
     at::Tensor step = gates.select(0, t), h_in_t = h_in.select(0, t);
     h = h_mask ? at::mul_out(h_in_t, h, step_of(*h_mask, t)) : h_in_t.copy_(h);
     step.baddbmm_(h.to(w_t.scalar_type()), w_t);  // (D, B, 4u) pre-activations
+    at::Tensor c_t = cs.select(0, t), h_t = hs.select(0, t), tanh_c_t = tanh_cs.select(0, t);
+    if (fused) {
+      cell_forward(step.data_ptr<float>(), c.data_ptr<float>(), c_t.data_ptr<float>(), tanh_c_t.data_ptr<float>(),
+                   h_t.data_ptr<float>(), rows, units);
+      c = c_t;
+      h = h_t;
+      continue;
+    }
     step.narrow(-1, 0, 2 * units).sigmoid_();
     at::Tensor i = step.narrow(-1, 0, units), f = step.narrow(-1, units, units);
     at::Tensor g = step.narrow(-1, 2 * units, units), o = step.narrow(-1, 3 * units, units);
     g.tanh_();
     o.sigmoid_();
-    at::Tensor c_t = cs.select(0, t), h_t = hs.select(0, t), tanh_c_t = tanh_cs.select(0, t);
     c = at::mul_out(c_t, f, c).addcmul_(i, g);  // (D, B, u)
     h = at::mul_out(h_t, o, at::tanh_out(tanh_c_t, c));
   }
 }
+
+namespace {
+
+std::optional<at::Tensor> contiguous_float(const std::optional<at::Tensor>& x) {
+  if (!x || x->scalar_type() != at::kFloat) return x;
+  return x->contiguous();
+}
+
+// backward_steps for float32: the loop below with each step's element-wise work in one pass over its rows.
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_fused(
+    at::Tensor grad_gates, const at::Tensor& gates, const at::Tensor& jac, const at::Tensor& k, const at::Tensor& w,
+    const at::Tensor& h_in, const std::optional<at::Tensor>& grad_hs, const std::optional<at::Tensor>& grad_cs,
+    const std::optional<at::Tensor>& h_mask) {
+  const int64_t steps = gates.size(0), rows = gates.size(1) * gates.size(2), units = gates.size(3) / 4;
+  const int64_t size = rows * units;
+  at::Tensor dh_buffer = at::empty({gates.size(1), gates.size(2), units}, gates.options());
+  at::Tensor dc_buffer = at::empty_like(dh_buffer);
+  float *dh = dh_buffer.data_ptr<float>(), *dc = dc_buffer.data_ptr<float>();
+  bool has_dc = false;
+  std::optional<at::Tensor> dh_in, mask_t;  // the step after's gradient at its h_in (D, B, u) and its mask
+  const float* mask = nullptr;
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const float* grad_h = step_data(grad_hs, t, size);
+    const float* grad_c = step_data(grad_cs, t, size);
+    const float* in = dh_in ? dh_in->data_ptr<float>() : nullptr;
+    // dh = _through_mask(grad_h, dh_in, mask): grad + dh_in * mask (addcmul: one rounding), any of them absent
+    const bool has_dh = grad_h || in;
+    for (int64_t e = 0; has_dh && e < size; ++e) {
+      if (!in) dh[e] = grad_h[e];
+      else if (!mask) dh[e] = grad_h ? grad_h[e] + in[e] : in[e];
+      else dh[e] = grad_h ? std::fma(in[e], mask[e], grad_h[e]) : in[e] * mask[e];
+    }
+    if (grad_c) {  // dc = _sum(grad_c, dc)
+      for (int64_t e = 0; e < size; ++e) dc[e] = has_dc ? grad_c[e] + dc[e] : grad_c[e];
+      has_dc = true;
+    }
+    at::Tensor grad_t = grad_gates.select(0, t);
+    if (!has_dh && !has_dc) {  // no gradient has reached this step yet
+      grad_t.zero_();
+      continue;
+    }
+    float* grad = grad_t.data_ptr<float>();
+    const float* jac_t = jac.data_ptr<float>() + t * rows * 4 * units;
+    const float* k_t = k.data_ptr<float>() + t * size;
+    const float* gates_t = gates.data_ptr<float>() + t * rows * 4 * units;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* grad_r = grad + r * 4 * units;
+      const float* jac_r = jac_t + r * 4 * units;
+      const float* f = gates_t + r * 4 * units + units;
+      float* dc_r = dc + r * units;
+      const float* dh_r = dh + r * units;
+      const float* k_r = k_t + r * units;
+      for (int64_t j = 0; j < units; ++j) {
+        if (has_dh) {  // grad_o = jac_o dh; dc = dc + dh k (addcmul) or dh k
+          grad_r[3 * units + j] = jac_r[3 * units + j] * dh_r[j];
+          dc_r[j] = has_dc ? std::fma(dh_r[j], k_r[j], dc_r[j]) : dh_r[j] * k_r[j];
+        } else {
+          grad_r[3 * units + j] = 0.f;
+        }
+        for (int64_t q = 0; q < 3; ++q) grad_r[q * units + j] = jac_r[q * units + j] * dc_r[j];  // i, f, g
+        dc_r[j] = dc_r[j] * f[j];  // to c_{t-1}
+      }
+    }
+    has_dc = true;
+    dh_in = at::bmm(grad_t, w).to(h_in.scalar_type());  // (D, B, u)
+    mask = step_data(h_mask, t, size);
+    if (h_mask) mask_t = step_of(*h_mask, t);
+  }
+  return {through_mask(std::nullopt, dh_in, mask_t), has_dc ? std::optional<at::Tensor>(dc_buffer) : std::nullopt};
+}
+
+}  // namespace
 
 // MaskedLSTMRecurrence.backward's loop: fills grad_gates (T, D, B, 4u); returns the gradients at h0 and c0
 // (either may be absent). jac (T, D, B, 4u), k (T, D, B, u): _local_derivatives; w: (D, 4u, u).
@@ -59,6 +207,13 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps(
     at::Tensor grad_gates, const at::Tensor& gates, const at::Tensor& jac, const at::Tensor& k, const at::Tensor& w,
     const at::Tensor& h_in, const std::optional<at::Tensor>& grad_hs, const std::optional<at::Tensor>& grad_cs,
     const std::optional<at::Tensor>& h_mask) {
+  const std::optional<at::Tensor> grad_hs_c = contiguous_float(grad_hs), grad_cs_c = contiguous_float(grad_cs),
+                                  h_mask_c = contiguous_float(h_mask);
+  const bool all_float = (!grad_hs || grad_hs->scalar_type() == at::kFloat) &&
+                         (!grad_cs || grad_cs->scalar_type() == at::kFloat) &&
+                         (!h_mask || h_mask->scalar_type() == at::kFloat) && h_in.scalar_type() == at::kFloat;
+  if (all_float && fusable({&grad_gates, &gates, &jac, &k}))
+    return backward_steps_fused(grad_gates, gates, jac, k, w, h_in, grad_hs_c, grad_cs_c, h_mask_c);
   const int64_t steps = gates.size(0), directions = gates.size(1), batch = gates.size(2);
   const int64_t units = gates.size(3) / 4;
   const at::Tensor jac_ifg = jac.view({steps, directions, batch, 4, units}).narrow(3, 0, 3);
