@@ -18,6 +18,7 @@ them off.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -99,4 +100,6 @@ def aten_arithmetic_flags() -> tuple[str, ...]:
 
     capability = torch.backends.cpu.get_cpu_capability()
     isa = (f"-DCPU_CAPABILITY_{capability}",) if capability in ISA_FLAGS else ()
-    return (*isa, "-ffp-contract=off")
+    # the shared header's digest among the flags: torch's build cache hashes sources and flags, not headers
+    header = hashlib.sha1((SOURCES / "aten_arithmetic.h").read_bytes()).hexdigest()[:12]
+    return (*isa, "-ffp-contract=off", f"-DSEQ2SEQ_ATEN_ARITHMETIC_H={header}")

@@ -5,25 +5,19 @@
 // step's element-wise work (forward: the activations and the cell, seven operations; backward: the masked sums,
 // the gates' gradient and dc, six) is one pass over its rows, with ATen's arithmetic: the sigmoid as ATen's CPU
 // kernel computes it, tanh through MKL's vector function as torch.tanh calls it, addcmul as a fused
-// multiply-add as ATen's addcmul kernel is compiled, every other product and sum rounded on its own (the file is
-// built with -ffp-contract=off; see csrc/search_cell.cpp for the same functions). Other dtypes (float64 in the
+// multiply-add as ATen's addcmul kernel is compiled, every other product and sum rounded on its own
+// (aten_arithmetic.h). Other dtypes (float64 in the
 // gradient checks) run the same ATen operations as the Python loops. The comments name the Python lines each
 // block transliterates; the equations are in recurrence.py.
 
 #include <torch/extension.h>
-
-#include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
 #include <cstdint>
 #include <optional>
 #include <tuple>
 
-#if defined(__FAST_MATH__)
-#error "recurrence.cpp must be compiled without -ffast-math: its results are ATen's to the last bit"
-#endif
-
-extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entry
+#include "aten_arithmetic.h"
 
 namespace {
 
@@ -45,27 +39,8 @@ std::optional<at::Tensor> through_mask(const std::optional<at::Tensor>& grad, co
   return grad ? at::addcmul(*grad, *dh_in, *mask) : *dh_in * *mask;
 }
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kTanhMode = 0x00000002 | 0x00140000 | 0x00000100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
-
-void tanh_row(const float* x, float* y, int64_t n) { VMSTANH_(&n, x, y, &kTanhMode); }
-
-inline Vec sigmoid_vec(Vec a) {  // ATen's vectorised sigmoid, operation for operation
-  a = Vec(0.f) - a;
-  a = a.exp();
-  a = a + Vec(1.f);
-  return a.reciprocal();
-}
-
-void sigmoid_row(float* x, int64_t n) {  // in place, ATen's loop along a row: two vectors a turn, the rest scalar
-  constexpr int64_t lanes = Vec::size();
-  int64_t j = 0;
-  for (; j <= n - 2 * lanes; j += 2 * lanes) {
-    sigmoid_vec(Vec::loadu(x + j)).store(x + j);
-    sigmoid_vec(Vec::loadu(x + j + lanes)).store(x + j + lanes);
-  }
-  for (; j < n; ++j) x[j] = 1.f / (1.f + std::exp(-x[j]));
-}
+using seq2seq::sigmoid_row;
+using seq2seq::tanh_row;
 
 bool fusable(std::initializer_list<const at::Tensor*> tensors) {  // float32, contiguous, on the CPU
   for (const at::Tensor* t : tensors)

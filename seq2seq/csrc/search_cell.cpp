@@ -9,59 +9,26 @@
 // Eager PyTorch spends a beam step's element-wise work in about fourteen operations a layer (three gathers, an
 // addition, four activations, three products and sums, the stacks), each with its own pass over memory and its
 // own dispatch; at a beam's sizes (320 x 256) that costs more than their arithmetic. The arithmetic here is
-// ATen's own, so h and c are the same to the last bit as seq2seq.lstm.lstm_pointwise after the gathers:
-// - sigmoid as ATen's CPU kernel computes it: 1 / (1 + exp(-x)) with Sleef's vector exp, two vectors at a time
-//   along each row of H, and std::exp for a row's last H mod (2 x lanes) values;
-// - tanh through MKL's vector math (vmsTanh, high accuracy), which torch.tanh calls on x86 builds; the library
-//   is torch's own copy (libtorch_cpu exports it), so where torch has no MKL the module does not load and
-//   seq2seq.native falls back to the eager step;
-// - the products and sums one rounding each: the file is compiled with -ffp-contract=off (no fused multiply-add).
+// ATen's own (aten_arithmetic.h: its sigmoid along rows of H, MKL's tanh, each product and sum rounded on its
+// own), so h and c are the same to the last bit as seq2seq.lstm.lstm_pointwise after the gathers.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
-#include <ATen/cpu/vec/vec.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <tuple>
 #include <vector>
 
-#if defined(__FAST_MATH__)
-#error "search_cell.cpp must be compiled without -ffast-math: its results are ATen's to the last bit"
-#endif
-
-extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entry
+#include "aten_arithmetic.h"
 
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-// VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE, as ATen's vml.h passes them
-constexpr int64_t kTanhMode = 0x00000002 | 0x00140000 | 0x00000100;
-
-void tanh_row(const float* x, float* y, int64_t n) {
-  // n is read as MKL_INT: an int64 holding a small count reads the same as an int32 on little-endian x86
-  VMSTANH_(&n, x, y, &kTanhMode);
-}
-
-inline Vec sigmoid_vec(Vec a) {  // ATen's vectorised sigmoid, operation for operation
-  a = Vec(0.f) - a;
-  a = a.exp();
-  a = a + Vec(1.f);
-  return a.reciprocal();
-}
-
-void sigmoid_row(float* x, int64_t n) {  // in place, ATen's loop: two vectors a turn, the rest scalar
-  constexpr int64_t lanes = Vec::size();
-  int64_t j = 0;
-  for (; j <= n - 2 * lanes; j += 2 * lanes) {
-    sigmoid_vec(Vec::loadu(x + j)).store(x + j);
-    sigmoid_vec(Vec::loadu(x + j + lanes)).store(x + j + lanes);
-  }
-  for (; j < n; ++j) x[j] = 1.f / (1.f + std::exp(-x[j]));
-}
+using seq2seq::sigmoid_row;
+using seq2seq::tanh_row;
 
 const int64_t* index_data(const std::optional<at::Tensor>& index, int64_t rows, int64_t bound, const char* what) {
   if (!index) return nullptr;
