@@ -78,17 +78,13 @@ def dropout_mask_kernel():
 
 @functools.cache
 def recurrence_kernel():
-    """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None. Built like the
-    search cell (ATen's vector classes for this CPU, no FMA contraction): its float32 steps use the same
-    functions."""
+    """The compiled step loops of MaskedLSTMRecurrence (forward_steps, backward_steps), or None."""
     return load("recurrence", "step-loop kernel", aten_arithmetic_flags())
 
 
 @functools.cache
 def search_cell_kernel():
-    """The compiled search-step LSTM cell (cell), or None. Built with ATen's vector classes for this CPU
-    (CPU_CAPABILITY_<ISA>, as ATen's own kernels) and without FMA contraction, so that its sigmoid, products and
-    sums round as ATen's do."""
+    """The compiled search-step LSTM cell (cell, unique_rows), or None."""
     return load("search_cell", "search-cell kernel", aten_arithmetic_flags())
 
 

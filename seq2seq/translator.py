@@ -294,7 +294,10 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
     if parents is not None and parents.device.type == "cpu":
         distinct, inverse = (torch.unique(parents, return_inverse=True) if kernel is None
                              else kernel.unique_rows(parents, state[1].shape[1]))
-    hs, cs = [], []
+    hs, cs = [], []  # each layer's new h and c; with the kernel, written straight into the step's (L, N, H)
+    if kernel is not None:
+        rows = len(parents) if parents is not None else len(first_gates if x is None else x)
+        hs, cs = (state[1].new_empty(len(decoder.layers), rows, state[1].shape[-1]) for _ in range(2))
     for index, layer in enumerate(decoder.layers):
         gate_rows = None
         if index == 0 and first_gates is not None:
@@ -307,17 +310,14 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
             hh, inputs = gates, None
         else:  # W_hh h once per distinct parent (D, 4H); row inverse[n] of it, plus the input half, is row n's
             hh, inputs = linear(h if distinct is None else h.index_select(0, distinct), layer.weight_hh_l0), gates
-        if kernel is not None:  # gathers, sum and cell in one pass, into the step's (L, N, H) outputs
-            if index == 0:
-                rows = len(parents) if parents is not None else len(gates)
-                hs, cs = (c.new_empty(len(decoder.layers), rows, c.shape[-1]) for _ in range(2))
+        if kernel is not None:  # gathers, sum and cell in one pass
             kernel.cell(hh, None if inputs is None else inverse, inputs, gate_rows, c, parents, hs[index], cs[index])
             x = hs[index]
-            continue
-        if inputs is not None:  # one row per hypothesis (N, 4H), the input half added into that fresh copy
-            gates = hh.index_select(0, inverse).add_(inputs)
-            c = c.index_select(0, parents)  # (N, H)
-        x, c = lstm_pointwise(gates, c)
-        hs.append(x)
-        cs.append(c)
+        else:
+            if inputs is not None:  # one row per hypothesis (N, 4H), the input half added into that fresh copy
+                gates = hh.index_select(0, inverse).add_(inputs)
+                c = c.index_select(0, parents)  # (N, H)
+            x, c = lstm_pointwise(gates, c)
+            hs.append(x)
+            cs.append(c)
     return x, (hs, cs) if kernel is not None else (torch.stack(hs), torch.stack(cs))

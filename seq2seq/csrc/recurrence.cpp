@@ -106,9 +106,10 @@ void forward_steps(at::Tensor gates, const at::Tensor& w_t, const at::Tensor& h0
 
 namespace {
 
-std::optional<at::Tensor> contiguous_float(const std::optional<at::Tensor>& x) {
-  if (!x || x->scalar_type() != at::kFloat) return x;
-  return x->contiguous();
+bool absent_or_float(const std::optional<at::Tensor>& x) { return !x || x->scalar_type() == at::kFloat; }
+
+std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& x) {
+  return x ? std::optional<at::Tensor>(x->contiguous()) : x;
 }
 
 // backward_steps for float32: the loop below with each step's element-wise work in one pass over its rows.
@@ -123,11 +124,11 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_
   float *dh = dh_buffer.data_ptr<float>(), *dc = dc_buffer.data_ptr<float>();
   bool has_dc = false;
   std::optional<at::Tensor> dh_in, mask_t;  // the step after's gradient at its h_in (D, B, u) and its mask
-  const float* mask = nullptr;
   for (int64_t t = steps - 1; t >= 0; --t) {
     const float* grad_h = step_data(grad_hs, t, size);
     const float* grad_c = step_data(grad_cs, t, size);
     const float* in = dh_in ? dh_in->data_ptr<float>() : nullptr;
+    const float* mask = mask_t ? mask_t->data_ptr<float>() : nullptr;
     // dh = _through_mask(grad_h, dh_in, mask): grad + dh_in * mask (addcmul: one rounding), any of them absent
     const bool has_dh = grad_h || in;
     for (int64_t e = 0; has_dh && e < size; ++e) {
@@ -168,7 +169,6 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_
     }
     has_dc = true;
     dh_in = at::bmm(grad_t, w).to(h_in.scalar_type());  // (D, B, u)
-    mask = step_data(h_mask, t, size);
     if (h_mask) mask_t = step_of(*h_mask, t);
   }
   return {through_mask(std::nullopt, dh_in, mask_t), has_dc ? std::optional<at::Tensor>(dc_buffer) : std::nullopt};
@@ -182,13 +182,10 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps(
     at::Tensor grad_gates, const at::Tensor& gates, const at::Tensor& jac, const at::Tensor& k, const at::Tensor& w,
     const at::Tensor& h_in, const std::optional<at::Tensor>& grad_hs, const std::optional<at::Tensor>& grad_cs,
     const std::optional<at::Tensor>& h_mask) {
-  const std::optional<at::Tensor> grad_hs_c = contiguous_float(grad_hs), grad_cs_c = contiguous_float(grad_cs),
-                                  h_mask_c = contiguous_float(h_mask);
-  const bool all_float = (!grad_hs || grad_hs->scalar_type() == at::kFloat) &&
-                         (!grad_cs || grad_cs->scalar_type() == at::kFloat) &&
-                         (!h_mask || h_mask->scalar_type() == at::kFloat) && h_in.scalar_type() == at::kFloat;
-  if (all_float && fusable({&grad_gates, &gates, &jac, &k}))
-    return backward_steps_fused(grad_gates, gates, jac, k, w, h_in, grad_hs_c, grad_cs_c, h_mask_c);
+  if (absent_or_float(grad_hs) && absent_or_float(grad_cs) && absent_or_float(h_mask) &&
+      h_in.scalar_type() == at::kFloat && fusable({&grad_gates, &gates, &jac, &k}))
+    return backward_steps_fused(grad_gates, gates, jac, k, w, h_in, contiguous(grad_hs), contiguous(grad_cs),
+                                contiguous(h_mask));
   const int64_t steps = gates.size(0), directions = gates.size(1), batch = gates.size(2);
   const int64_t units = gates.size(3) / 4;
   const at::Tensor jac_ifg = jac.view({steps, directions, batch, 4, units}).narrow(3, 0, 3);
