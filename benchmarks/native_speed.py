@@ -15,11 +15,13 @@ translator) for a beam of 5 over 64 sentences (320 rows continuing 200 distinct 
 in a 4,000-token table), with the compiled cell and with the eager gathers and cell; each pair is checked to give
 the same h and c bit for bit.
 
-The bf16 softmax layer's forward + backward: for each shape (PTB small's 400 x 200 x 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing
-and padding) it times seq2seq.softmax.linear_cross_entropy under bf16 autocast, forward and backward (the
-three products included), both ways, alternating: once with the operands cached (the same call repeated) and once
-after streaming 256 MB through the caches, as the softmax meets its logits inside a training step. It also prints
-how far the kernel's loss and gradients are from the eager path's (both round the logits' gradient to bf16).
+The softmax layer's forward + backward, in fp32 and under bf16 autocast: for each shape (PTB small's 400 x 200 x
+10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing and padding) it times
+seq2seq.softmax.linear_cross_entropy, forward and backward (the three products included), with the precision's
+kernel and without, alternating: once with the operands cached (the same call repeated) and once after streaming
+256 MB through the caches, as the softmax meets its logits inside a training step. It also checks the fp32 kernel's
+loss and gradients against the eager path's bit for bit, and prints how far the bf16 kernel's are from the eager
+path's (both round the logits' gradient to bf16).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import torch
 
 from seq2seq import dropout, recurrence, softmax, translator
 from seq2seq.devices import keep_freed_memory
-from seq2seq.native import dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_loss_kernel
+from seq2seq.native import (dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_fp32_kernel,
+                            softmax_loss_kernel)
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
 RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, D, B, u
@@ -145,9 +148,11 @@ def inputs(n: int, h: int, v: int, ignore_index: int | None):
     return hidden, weight, bias, targets
 
 
-def softmax_layers(repeats: int) -> None:
-    """Time the bf16 softmax layer's forward + backward with and without the kernel, cached and from memory."""
-    print("forward + backward of the bf16 softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
+def softmax_layers(repeats: int, precision: str) -> None:
+    """Time the softmax layer's forward + backward with and without its kernel, cached and from memory."""
+    bf16 = precision == "bf16"
+    loader = "softmax_loss_kernel" if bf16 else "softmax_fp32_kernel"
+    print(f"forward + backward of the {precision} softmax layer (seq2seq.softmax.linear_cross_entropy), median ms")
     flush = torch.empty(64 * 2**20)  # 256 MB
     for name, (n, h, v, smoothing, ignore_index) in SHAPES.items():
         hidden, weight, bias, targets = inputs(n, h, v, ignore_index)
@@ -156,16 +161,21 @@ def softmax_layers(repeats: int) -> None:
             """The loss and the three gradients."""
             for tensor in (hidden, weight, bias):
                 tensor.grad = None
-            with kernel_switched(softmax, "softmax_loss_kernel", compiled), torch.autocast("cpu", dtype=torch.bfloat16):
+            with kernel_switched(softmax, loader, compiled), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = softmax.linear_cross_entropy(hidden, weight, bias, targets, smoothing, ignore_index)
             loss.backward()
             return loss.detach(), hidden.grad, weight.grad, bias.grad
 
         eager, kernel = run(False), run(True)
-        loss_error = abs(float(kernel[0]) - float(eager[0])) / abs(float(eager[0]))
-        grad_errors = [float((k - e).norm() / e.norm()) for k, e in zip(kernel[1:], eager[1:])]
-        print(f"{name}: N {n}, H {h}, V {v}, smoothing {smoothing}; kernel vs eager: loss rel. difference "
-              f"{loss_error:.1e}, gradients (h, W, b) {', '.join(f'{x:.1e}' for x in grad_errors)}")
+        if bf16:
+            loss_error = abs(float(kernel[0]) - float(eager[0])) / abs(float(eager[0]))
+            grad_errors = [float((k - e).norm() / e.norm()) for k, e in zip(kernel[1:], eager[1:])]
+            agreement = (f"loss rel. difference {loss_error:.1e}, gradients (h, W, b) "
+                         f"{', '.join(f'{x:.1e}' for x in grad_errors)}")
+        else:
+            same = all(torch.equal(k.view(torch.int32), e.view(torch.int32)) for k, e in zip(kernel, eager))
+            agreement = "loss and gradients " + ("the same bit for bit" if same else "DIFFERENT")
+        print(f"{name}: N {n}, H {h}, V {v}, smoothing {smoothing}; kernel vs eager: {agreement}")
         for where, buffer in (("operands cached", None), ("from memory", flush)):
             print(f"  {where:<16} {alternating(run, repeats, buffer)}")
 
@@ -175,14 +185,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     keep_freed_memory()
-    if None in (softmax_loss_kernel(), dropout_mask_kernel(), recurrence_kernel(), search_cell_kernel()):
+    if None in (softmax_loss_kernel(), softmax_fp32_kernel(), dropout_mask_kernel(), recurrence_kernel(),
+                search_cell_kernel()):
         raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
     masks(options.repeats)
     recurrences(max(5, options.repeats // 3))
     search_cells(options.repeats)
-    softmax_layers(options.repeats)
+    softmax_layers(options.repeats, "fp32")
+    softmax_layers(options.repeats, "bf16")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Compiled CPU kernels, built once on first use with torch.utils.cpp_extension (a C++ compiler and ninja).
 
-There are four, each a small C++ file in `csrc/`:
+There are five, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
+- `softmax_fp32.cpp`: the float32 cross-entropy's element-wise passes, one row of logits at a time, with ATen's
+  arithmetic (seq2seq.softmax, every fp32 CPU run);
 - `dropout_masks.cpp`: dropout masks from torch's CPU generator, the same masks as torch.rand would give
   (seq2seq.dropout, every CPU run with dropout);
 - `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`) without Python between them,
@@ -10,8 +12,9 @@ There are four, each a small C++ file in `csrc/`:
   ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead, slower: the same masks, step loops and search cells bit for bit, the same
-loss and gradients to rounding (the softmax kernel's exp and order of sums are its own). SEQ2SEQ_NATIVE=0 turns
+line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, search cells and fp32
+losses bit for bit, the same bf16 loss and gradients to rounding (the bf16 softmax kernel's exp and order of sums
+are its own). SEQ2SEQ_NATIVE=0 turns
 them off.
 """
 
@@ -68,6 +71,12 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
 def softmax_loss_kernel():
     """The compiled bf16 cross-entropy (forward, backward), or None."""
     return load("softmax_loss", "bf16 softmax kernel")
+
+
+@functools.cache
+def softmax_fp32_kernel():
+    """The compiled float32 softmax passes of the cross-entropy (forward, backward), or None."""
+    return load("softmax_fp32", "fp32 softmax kernel", aten_arithmetic_flags())
 
 
 @functools.cache

@@ -9,6 +9,11 @@ Under bf16 autocast on a CPU the products give bf16 logits, and the loss and its
 them by a compiled kernel (seq2seq.native, csrc/softmax_loss.cpp): one pass forward, one backward, instead of the
 eager path's ten over fp32 logits twice the size (PTB small's layer, forward and backward with its three products,
 logits from memory as in a step: 11.2-12.1 against 13.7-14.4 ms; `benchmarks/native_speed.py`).
+
+In fp32 on a CPU the forward's seven passes over the logits (bias, target, max, subtract, exp, sum, divide) run one
+row at a time in a compiled kernel (csrc/softmax_fp32.cpp), while the row is in cache, with ATen's own arithmetic:
+the loss and gradients are the eager path's bit for bit. The division by each row's total moves to the backward's
+single pass, the only reader of the probabilities.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .native import softmax_loss_kernel
+from .native import softmax_fp32_kernel, softmax_loss_kernel
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -24,32 +29,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype,
                 smoothing: float, keep: Tensor | None) -> Tensor:
         h_cast, weight_cast = h.to(dtype), weight.to(dtype)  # cast once, kept for the backward products
-        logits = torch.mm(h_cast, weight_cast.t()).float().add_(bias)  # (N, V), softmax in fp32
-        target_logit = logits.gather(1, targets[:, None])  # (N, 1)
-        mean_logit = logits.mean(1, keepdim=True) if smoothing else 0.0  # (N, 1)
-        peak = logits.amax(1, keepdim=True)  # (N, 1)
-        probs = logits.sub_(peak).exp_()  # unnormalised, in place
-        total = probs.sum(1, keepdim=True)  # (N, 1)
+        logits = torch.mm(h_cast, weight_cast.t()).float()  # (N, V), softmax in fp32
+        kernel = softmax_fp32_kernel() if logits.is_cpu and bias.dtype == torch.float32 else None
+        if kernel is not None:  # the same passes, one row at a time, the same bits (csrc/softmax_fp32.cpp)
+            with torch.profiler.record_function("seq2seq::softmax_fp32_kernel"):
+                target_logit, row_sum, peak, total = kernel.forward(logits, bias.contiguous(), targets.contiguous(),
+                                                                    bool(smoothing))  # each (N, 1)
+            mean_logit, probs = row_sum / logits.shape[1], logits  # mean = sum / V, as torch.mean; probs * total
+        else:
+            logits.add_(bias)
+            target_logit = logits.gather(1, targets[:, None])  # (N, 1)
+            mean_logit = logits.mean(1, keepdim=True) if smoothing else 0.0  # (N, 1)
+            peak = logits.amax(1, keepdim=True)  # (N, 1)
+            probs = logits.sub_(peak).exp_()  # unnormalised, in place
+            total = probs.sum(1, keepdim=True)  # (N, 1)
+            probs.div_(total)
         log_z = total.log() + peak
         # (1 - eps) * -log p_y + eps * mean_v(-log p_v), the definition F.cross_entropy uses
         loss = (1.0 - smoothing) * (log_z - target_logit) + smoothing * (log_z - mean_logit)
-        probs.div_(total)
         if keep is not None:
             loss = loss * keep
-        ctx.save_for_backward(h_cast, weight_cast, targets, probs, keep)
-        ctx.dtypes, ctx.smoothing = (h.dtype, weight.dtype), smoothing
+        ctx.save_for_backward(h_cast, weight_cast, targets, probs, keep, total)
+        ctx.dtypes, ctx.smoothing, ctx.kernel = (h.dtype, weight.dtype), smoothing, kernel
         return loss.sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        h_cast, weight_cast, targets, probs, keep = ctx.saved_tensors
+        h_cast, weight_cast, targets, probs, keep, total = ctx.saved_tensors
         grad_logits = probs  # reused in place: this graph can be backpropagated once
-        grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0 - ctx.smoothing
-        if ctx.smoothing:
-            grad_logits.sub_(ctx.smoothing / probs.shape[1])
-        if keep is not None:
-            grad_logits.mul_(keep)
-        grad_logits.mul_(grad)
+        if ctx.kernel is not None:  # its probs are not divided by their total yet: the kernel does that first
+            with torch.profiler.record_function("seq2seq::softmax_fp32_kernel"):
+                ctx.kernel.backward(grad_logits, total, targets.contiguous(), ctx.smoothing, keep, float(grad))
+        else:
+            grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1.0 - ctx.smoothing
+            if ctx.smoothing:
+                grad_logits.sub_(ctx.smoothing / probs.shape[1])
+            if keep is not None:
+                grad_logits.mul_(keep)
+            grad_logits.mul_(grad)
         grad_bias = grad_logits.sum(0)  # (V,)
         grad_logits = grad_logits.to(weight_cast.dtype)
         grad_h = grad_logits @ weight_cast  # (N, H)

@@ -347,3 +347,83 @@ def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, m
         found[compiled] = [[(h.tokens, h.score, h.log_prob, h.alignment) for h in row] for row in hypotheses]
     assert found[True] == found[False]
     assert sum(len(h[0]) for row in found[True] for h in row) > 0  # something was searched for
+
+
+@pytest.fixture(scope="module")
+def softmax32():
+    return built(native.softmax_fp32_kernel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5), v=st.integers(1, 3000), spread=st.sampled_from([1.0, 1e4]), seed=st.integers(0, 10_000))
+def test_row_sums_equal_torch_sum_bit_for_bit(softmax32, n, v, spread, seed):
+    """The kernel's replica of ATen's cascade sum, at widths below, at and above its vector (8 lanes), ILP (4)
+    and level (16 vectors) boundaries, over values of one size and of very different sizes."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, v, generator=generator) * torch.rand(n, v, generator=generator).pow(8) * spread
+    assert torch.equal(bits(softmax32.row_sums(x)), bits(x.sum(1)))
+
+
+@pytest.mark.parametrize("v", [10_000, 40_007, 300_000])
+def test_row_sums_of_long_rows_equal_torch_sum(softmax32, v):  # rows long enough to fold into upper levels
+    x = torch.rand(3, v, generator=torch.Generator().manual_seed(v))
+    assert torch.equal(bits(softmax32.row_sums(x)), bits(x.sum(1)))
+
+
+def fp32_layer(h, weight, bias, targets, smoothing, ignore_index):
+    h, weight, bias = (t.clone().requires_grad_() for t in (h, weight, bias))
+    loss = softmax.linear_cross_entropy(h, weight, bias, targets, smoothing, ignore_index)
+    return (loss, *torch.autograd.grad(loss * 0.37, (h, weight, bias)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 70), v=st.integers(1, 300), smoothing=st.sampled_from([0.0, 0.1]),
+       ignore=st.booleans(), seed=st.integers(0, 10_000))
+def test_fp32_layer_with_the_kernel_equals_the_eager_path_bit_for_bit(softmax32, n, v, smoothing, ignore, seed):
+    generator = torch.Generator().manual_seed(seed)
+    h, weight = torch.randn(n, 16, generator=generator) * 3, torch.randn(v, 16, generator=generator)
+    bias, targets = torch.randn(v, generator=generator), torch.randint(0, v, (n,), generator=generator)
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(softmax, "softmax_fp32_kernel", lambda: calls.append(1) or softmax32)
+        compiled = fp32_layer(h, weight, bias, targets, smoothing, 0 if ignore else None)
+        patch.setattr(softmax, "softmax_fp32_kernel", lambda: None)
+        eager = fp32_layer(h, weight, bias, targets, smoothing, 0 if ignore else None)
+    assert calls == [1]
+    assert all(torch.equal(bits(c), bits(e)) for c, e in zip(compiled, eager))
+
+
+def test_fp32_layer_at_ptb_size_equals_the_eager_path_at_each_thread_count(softmax32, monkeypatch):
+    """PTB small's softmax layer (its rows split among threads), kernel against eager at one and two threads (the
+    eager results themselves differ between the two: MKL splits the gradient product's long sum)."""
+    generator = torch.Generator().manual_seed(5)
+    h, weight = torch.randn(400, 200, generator=generator), torch.rand(10_000, 200, generator=generator) - 0.5
+    bias, targets = torch.rand(10_000, generator=generator) - 0.5, torch.randint(0, 10_000, (400,), generator=generator)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            monkeypatch.setattr(softmax, "softmax_fp32_kernel", lambda: softmax32)
+            compiled = fp32_layer(h, weight, bias, targets, 0.0, None)
+            monkeypatch.setattr(softmax, "softmax_fp32_kernel", lambda: None)
+            eager = fp32_layer(h, weight, bias, targets, 0.0, None)
+            assert all(torch.equal(bits(c), bits(e)) for c, e in zip(compiled, eager))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fp32_kernel_passes_nan_through_and_refuses_bad_inputs(softmax32):
+    logits, bias, targets = torch.randn(3, 40), torch.randn(40), torch.tensor([0, 5, 39])
+    logits[1, 7] = float("nan")
+    _, _, peak, total = softmax32.forward(logits, bias, targets, False)
+    assert torch.isnan(peak[1]) and torch.isnan(total[1]) and torch.isfinite(total[[0, 2]]).all()
+    with pytest.raises(RuntimeError, match="outside"):
+        softmax32.forward(torch.randn(3, 40), bias, targets + 1, False)
+    with pytest.raises(RuntimeError, match="float32"):
+        softmax32.forward(torch.randn(3, 40).double(), bias, targets, False)
+    with pytest.raises(RuntimeError, match="bias"):
+        softmax32.forward(torch.randn(3, 40), bias[:-1], targets, False)
+    with pytest.raises(RuntimeError, match="keep"):
+        softmax32.backward(torch.rand(3, 40), torch.ones(3, 1), targets, 0.0, torch.ones(2, 1), 1.0)
+    with pytest.raises(RuntimeError, match="totals"):
+        softmax32.backward(torch.rand(3, 40), torch.ones(2, 1), targets, 0.0, None, 1.0)

@@ -7,6 +7,7 @@
 // - tanh: MKL's vector function (vmsTanh, high accuracy), which torch.tanh calls on x86 builds; the library is
 //   torch's own copy (libtorch_cpu exports it), so where torch has no MKL the module does not load and
 //   seq2seq.native falls back to the eager code;
+// - exp: MKL's vmsExp (high accuracy), which torch.exp calls (csrc/softmax_fp32.cpp);
 // - addcmul(a, b, c) with value 1: fma(b, c, a), one rounding, at every width (ATen's kernel is contracted).
 #pragma once
 
@@ -19,18 +20,22 @@
 #error "seq2seq's compiled kernels must be built without -ffast-math: their results are ATen's to the last bit"
 #endif
 
-extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entry
+extern "C" void VMSTANH_(const int64_t* n, const float* a, float* r, const int64_t* mode);  // MKL's Fortran entries
+extern "C" void VMSEXP_(const int64_t* n, const float* a, float* r, const int64_t* mode);
 
 namespace seq2seq {
 
 using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kTanhMode = 0x00000002 | 0x00140000 | 0x00000100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
+constexpr int64_t kVmlMode = 0x00000002 | 0x00140000 | 0x00000100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
 
 // y = tanh(x) over n values, as torch.tanh computes each (x and y may be the same)
 inline void tanh_row(const float* x, float* y, int64_t n) {
   // n is read as MKL_INT: an int64 holding a small count reads the same as an int32 on little-endian x86
-  VMSTANH_(&n, x, y, &kTanhMode);
+  VMSTANH_(&n, x, y, &kVmlMode);
 }
+
+// x = exp(x) over n values, as torch.exp computes each
+inline void exp_row(float* x, int64_t n) { VMSEXP_(&n, x, x, &kVmlMode); }
 
 inline Vec sigmoid_vec(Vec a) {  // ATen's vectorised sigmoid, operation for operation
   a = Vec(0.f) - a;
