@@ -230,6 +230,7 @@ CATEGORIES = {  # op name -> what it is, for the training breakdown
     **{name: "dropout masks (random doubles, compared with 1 - p)" for name in ("aten::uniform_", "aten::bernoulli_",
                                                                                  "aten::lt", "seq2seq::dropout_mask_kernel")},
     "seq2seq::softmax_loss_kernel": "compiled bf16 softmax (loss, gradient)",
+    "seq2seq::softmax_fp32_kernel": "compiled fp32 softmax (element-wise passes)",
 }
 
 
