@@ -35,7 +35,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             with torch.profiler.record_function("seq2seq::softmax_fp32_kernel"):
                 target_logit, row_sum, peak, total = kernel.forward(logits, bias.contiguous(), targets.contiguous(),
                                                                     bool(smoothing))  # each (N, 1)
-            mean_logit, probs = row_sum / logits.shape[1], logits  # mean = sum / V, as torch.mean; probs * total
+            mean_logit = row_sum / logits.shape[1] if smoothing else 0.0  # mean = sum / V, as torch.mean
+            probs = logits  # still to be divided by total
         else:
             logits.add_(bias)
             target_logit = logits.gather(1, targets[:, None])  # (N, 1)
