@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from statistics import median
 
 import torch
 import torch.nn.functional as F
@@ -88,12 +89,6 @@ def in_turn(contenders: dict, windows, warmup: int, rounds: int) -> dict[str, li
         for name, step in contenders.items():
             speeds[name].append(words_per_second(step, windows, warmup if round_ == 0 else 0))
     return speeds
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def spread(values: list[float]) -> str:
