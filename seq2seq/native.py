@@ -14,8 +14,7 @@ Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into 
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
 line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, search cells and fp32
 losses bit for bit, the same bf16 loss and gradients to rounding (the bf16 softmax kernel's exp and order of sums
-are its own). SEQ2SEQ_NATIVE=0 turns
-them off.
+are its own). SEQ2SEQ_NATIVE=0 turns them off.
 """
 
 from __future__ import annotations
@@ -58,8 +57,9 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
     try:
         directory.mkdir(parents=True, exist_ok=True)
         return torch.utils.cpp_extension.load(
-            name, [str(SOURCES / f"{stem}.cpp")], extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, []), *flags],
-            extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
+            name, [str(SOURCES / f"{stem}.cpp")],
+            extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, []), *flags], extra_ldflags=["-fopenmp"],
+            build_directory=str(directory), verbose=False)
     except Exception as error:  # no compiler, no ninja, a failed build: the eager path computes the same
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"seq2seq: the {what} could not be built ({reason[:200]}); using eager PyTorch instead",

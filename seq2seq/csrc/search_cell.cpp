@@ -108,12 +108,11 @@ std::tuple<at::Tensor, at::Tensor> unique_rows(const at::Tensor& parents, int64_
   RECORD_FUNCTION("seq2seq::unique_rows", std::vector<c10::IValue>());
   const int64_t n_rows = parents.size(0);
   const int64_t* parent_of = index_data(parents, n_rows, bound, "parents");
-  std::vector<char> seen(bound, 0);
-  for (int64_t n = 0; n < n_rows; ++n) seen[parent_of[n]] = 1;
-  std::vector<int64_t> place(bound, -1);  // parent row -> its place among the distinct ones
+  std::vector<int64_t> place(bound, -1);  // parent row -> its place among the distinct ones (0: seen, unnumbered)
+  for (int64_t n = 0; n < n_rows; ++n) place[parent_of[n]] = 0;
   int64_t distinct = 0;
   for (int64_t b = 0; b < bound; ++b)
-    if (seen[b]) place[b] = distinct++;
+    if (place[b] == 0) place[b] = distinct++;
   at::Tensor rows = at::empty({distinct}, parents.options()), inverse = at::empty({n_rows}, parents.options());
   int64_t* rows_data = rows.data_ptr<int64_t>();
   for (int64_t b = 0; b < bound; ++b)
