@@ -15,6 +15,10 @@ translator) for a beam of 5 over 64 sentences (320 rows continuing 200 distinct 
 in a 4,000-token table), with the compiled cell and with the eager gathers and cell; each pair is checked to give
 the same h and c bit for bit.
 
+Embedding updates: a word embedding's lookup, backward, clipping norm (over the limit, so it also scales) and SGD
+update at PTB small's (20 x 20 words, 10,000 x 200) and medium's (35 x 20, 10,000 x 650) shapes, with dense
+gradients and with seq2seq.sparse_grad's row-sparse ones; each pair is checked to give the same norm and weights.
+
 The softmax layer's forward + backward, in fp32 and under bf16 autocast: for each shape (PTB small's 400 x 200 x
 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing and padding) it times
 seq2seq.softmax.linear_cross_entropy, forward and backward (the three products included), with the precision's
@@ -32,13 +36,15 @@ import time
 
 import torch
 
-from seq2seq import dropout, recurrence, softmax, translator
+from seq2seq import dropout, recurrence, softmax, sparse_grad, translator
+from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import keep_freed_memory
 from seq2seq.native import (dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_fp32_kernel,
-                            softmax_loss_kernel)
+                            softmax_loss_kernel, sparse_norm_kernel)
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
 RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, D, B, u
+EMBEDDINGS = {"ptb-small": (20, 20, 10_000, 200), "ptb-medium": (35, 20, 10_000, 650)}  # T, B, V, E
 MASKS = {"ptb-small": ((20, 20, 200), 0.5), "demo": ((19, 110, 256), 0.2), "timit": ((300, 16, 250), 0.2)}
 
 
@@ -137,6 +143,37 @@ def search_cells(repeats: int) -> None:
           f"{alternating(run, repeats)}   (the same h and c: checked)")
 
 
+def embedding_updates(repeats: int) -> None:
+    """Time an embedding's lookup, backward, clipping norm and SGD update with dense gradients and with
+    seq2seq.sparse_grad's row-sparse ones, alternating, after checking that both give the same norm and weights."""
+    print("embedding lookup + backward + clipping norm + SGD update (seq2seq.sparse_grad), median ms")
+    for name, (steps, batch, vocab, size) in EMBEDDINGS.items():
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, vocab, (steps, batch), generator=generator)
+        upstream = torch.randn(steps, batch, size, generator=generator)
+        start = torch.rand(vocab, size, generator=generator) * 0.2 - 0.1
+        tables = {}
+        for sparse in (False, True):
+            table = sparse_grad.Embedding(vocab, size, _weight=start.clone())
+            optimizer = torch.optim.SGD(table.parameters(), lr=1 / 1.2)
+            assert sparse_grad.enable(table, optimizer, "cpu") == 1
+            table.sparse = sparse
+            tables[sparse] = (table, optimizer)
+
+        def run(sparse: bool):
+            table, optimizer = tables[sparse]
+            optimizer.zero_grad(set_to_none=True)
+            table(tokens).backward(upstream)
+            norm = clip_grad_norm(table.parameters(), 5.0)  # over the limit: every step scales
+            optimizer.step()
+            return norm, table.weight
+
+        assert all(torch.equal(a, b) for a, b in zip(run(False), run(True))), "the updates differ"
+        print(f"  {name:<10} {steps} x {batch} words, {vocab:,} x {size}: "
+              f"{alternating(run, repeats, labels=('dense', 'sparse'), digits=3, ratio_digits=1)}"
+              f"   (the same norm and weights: checked)")
+
+
 def inputs(n: int, h: int, v: int, ignore_index: int | None):
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=generator).requires_grad_()
@@ -186,13 +223,14 @@ def main() -> None:
     options = parser.parse_args()
     keep_freed_memory()
     if None in (softmax_loss_kernel(), softmax_fp32_kernel(), dropout_mask_kernel(), recurrence_kernel(),
-                search_cell_kernel()):
+                search_cell_kernel(), sparse_norm_kernel()):
         raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
     masks(options.repeats)
     recurrences(max(5, options.repeats // 3))
     search_cells(options.repeats)
+    embedding_updates(options.repeats)
     softmax_layers(options.repeats, "fp32")
     softmax_layers(options.repeats, "bf16")
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2seq import sparse_grad
 from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import keep_freed_memory
 from seq2seq.dropout import DROPOUT_MODES
@@ -125,6 +126,7 @@ def toolkit_loop(preset, mode: str, bf16: bool):
     p = timed_dropout(preset)
     model = LanguageModel(dataclasses.replace(m, dropout_mode=mode, dropout=0.0 if mode == "none" else p)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr)
+    sparse_grad.enable(model, optimizer, "cpu")  # as recipes/ptb_lm.py trains
     state = [model.zero_state(t.batch_size)]
 
     def ours(tokens, targets):

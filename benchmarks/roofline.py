@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq import sparse_grad
 from seq2seq.acoustic_model import AcousticModel
 from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import bf16_supported, keep_freed_memory
@@ -81,6 +82,7 @@ def ptb(name: str, bf16: bool, device: torch.device = CPU):
     t = preset.training
     model = LanguageModel(preset.model).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    sparse_grad.enable(model, optimizer, device)  # as recipes/ptb_lm.py trains
     # A new window every step, as in training: one window over and over at lr 1 is memorised until its
     # gradients blow up, and every step would clip (a real run clips on ~7 % of its steps)
     windows = torch.randint(0, preset.model.vocab_size, (WINDOWS, t.unroll + 1, t.batch_size), device=device).unbind(0)

@@ -33,6 +33,7 @@ from seq2seq.plots import plot_curves
 from seq2seq.presets import LM_PRESETS, LMPreset
 from seq2seq.roofline import language_model_step, speed_record
 from seq2seq.schedule import step_decay_lr
+from seq2seq.sparse_grad import enable as sparse_embedding_grads
 from seq2seq.training_state import (Progress, add_run_flags, check_finite, check_run, clip_gradients, provenance,
                                     start_training)
 
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = LanguageModel(preset.model)
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # A window's gradient touches only its words' embedding rows: SGD updates those alone, to the same bits
+    sparse_embedding_grads(model, optimizer, accelerator.device, accelerator.num_processes)
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                                 "data": str(args.data_dir.resolve())}, accelerator, args.overwrite, preset)
 

@@ -17,6 +17,7 @@ from .dropout import check_dropout
 from .errors import UserError
 from .lstm import State, StackedLSTM
 from .softmax import linear_cross_entropy
+from .sparse_grad import Embedding
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class LanguageModel(nn.Module):
     def __init__(self, config: LanguageModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embedding = Embedding(config.vocab_size, config.hidden_size)  # sparse gradients: seq2seq.sparse_grad
         self.lstm = StackedLSTM(config.hidden_size, config.hidden_size, config.num_layers,
                                 config.dropout, config.dropout_mode)
         self.output = nn.Linear(config.hidden_size, config.vocab_size)

@@ -1,6 +1,6 @@
 """Compiled CPU kernels, built once on first use with torch.utils.cpp_extension (a C++ compiler and ninja).
 
-There are five, each a small C++ file in `csrc/`:
+There are six, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
 - `softmax_fp32.cpp`: the float32 cross-entropy's element-wise passes, one row of logits at a time, with ATen's
   arithmetic (seq2seq.softmax, every fp32 CPU run);
@@ -9,7 +9,9 @@ There are five, each a small C++ file in `csrc/`:
 - `recurrence.cpp`: the step loops of seq2seq.recurrence (`variational`, `naive`) without Python between them,
   each float32 step's element-wise work in one pass with ATen's arithmetic;
 - `search_cell.cpp`: a decoder layer's LSTM cell at a beam-search step with its row gathers, in one pass, with
-  ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU).
+  ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU);
+- `sparse_norm.cpp`: the clipping norm of a row-sparse embedding gradient from its touched rows, in the order and
+  rounding of torch's norm of the dense gradient (seq2seq.sparse_grad, plain SGD on a CPU).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
 line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, search cells and fp32
@@ -95,6 +97,12 @@ def recurrence_kernel():
 def search_cell_kernel():
     """The compiled search-step LSTM cell (cell, unique_rows), or None."""
     return load("search_cell", "search-cell kernel", aten_arithmetic_flags())
+
+
+@functools.cache
+def sparse_norm_kernel():
+    """The compiled norm of a row-sparse float32 gradient (sparse_rows_norm), or None."""
+    return load("sparse_norm", "sparse-gradient norm kernel", aten_arithmetic_flags())
 
 
 def aten_arithmetic_flags() -> tuple[str, ...]:
