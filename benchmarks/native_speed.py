@@ -18,6 +18,8 @@ the same h and c bit for bit.
 Embedding updates: a word embedding's lookup, backward, clipping norm (over the limit, so it also scales) and SGD
 update at PTB small's (20 x 20 words, 10,000 x 200) and medium's (35 x 20, 10,000 x 650) shapes, with dense
 gradients and with seq2seq.sparse_grad's row-sparse ones; each pair is checked to give the same norm and weights.
+Then whole PTB small and medium training steps (forward, backward, clipping, SGD; random windows) of one model,
+its embedding's gradient dense and sparse in turn, in fp32 and (where the CPU has it) under bf16 autocast.
 
 The softmax layer's forward + backward, in fp32 and under bf16 autocast: for each shape (PTB small's 400 x 200 x
 10,000; the demo translator's 2,090 x 256 x 4,000 with label smoothing and padding) it times
@@ -32,15 +34,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
 
 from seq2seq import dropout, recurrence, softmax, sparse_grad, translator
 from seq2seq.clipping import clip_grad_norm
-from seq2seq.devices import keep_freed_memory
+from seq2seq.devices import bf16_supported, keep_freed_memory
+from seq2seq.language_model import LanguageModel
 from seq2seq.native import (dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_fp32_kernel,
                             softmax_loss_kernel, sparse_norm_kernel)
+from seq2seq.presets import LM_PRESETS
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
 RECURRENCES = {"ptb-small": (20, 1, 20, 200), "timit": (300, 2, 16, 125)}  # T, D, B, u
@@ -174,6 +179,52 @@ def embedding_updates(repeats: int) -> None:
               f"   (the same norm and weights: checked)")
 
 
+def training_steps(repeats: int) -> None:
+    """Time whole PTB training steps (forward, backward, clipping, SGD) of one model with its embedding's
+    gradient dense and sparse, alternating, in fp32 and under bf16 autocast."""
+    print("PTB training steps (forward, backward, clipping at 5, SGD at lr 1), dense and sparse embedding "
+          "gradients, median ms")
+    for name in ("ptb-small", "ptb-medium"):
+        preset = LM_PRESETS[name.removeprefix("ptb-")]()
+        model, t = LanguageModel(preset.model).train(), preset.training
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        sparse_grad.enable(model, optimizer, "cpu")
+        generator = torch.Generator().manual_seed(0)
+        windows = torch.randint(0, preset.model.vocab_size, (16, t.unroll + 1, t.batch_size), generator=generator)
+        for bf16 in (False, True) if bf16_supported(torch.device("cpu")) else (False,):
+            count, state = [0], [model.zero_state(t.batch_size)]
+
+            def run(sparse: bool):
+                model.embedding.sparse = sparse
+                tokens, count[0] = windows[count[0] % len(windows)], count[0] + 1
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    nll, hidden = model(tokens[:-1], state[0], tokens[1:])
+                state[0] = tuple(h.detach() for h in hidden)
+                (nll / t.batch_size).backward()
+                clip_grad_norm(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            steps = 3 * repeats if name == "ptb-small" else repeats
+            print(f"  {name:<10} {'bf16' if bf16 else 'fp32'}: {interleaved(run, steps)}")
+
+
+def interleaved(run, steps: int) -> str:
+    """run(False) and run(True) timed in turn, one call each at a time, `steps` calls a side after two warm-up
+    pairs (a drifting machine slows both alike): the medians, quartiles and the ratio of the medians."""
+    times = {False: [], True: []}
+    for i in range(steps + 2):
+        for sparse in (False, True):
+            start = time.perf_counter()
+            run(sparse)
+            if i >= 2:
+                times[sparse].append((time.perf_counter() - start) * 1e3)
+    quartiles = {k: statistics.quantiles(v, n=4) for k, v in times.items()}
+    spans = [f"{label} {q[1]:6.1f} ms [{q[0]:.1f}-{q[2]:.1f}]" for label, q in zip(("dense", "sparse"),
+                                                                                   quartiles.values())]
+    return f"{spans[0]}   {spans[1]}   {quartiles[False][1] / quartiles[True][1]:.2f}x (medians)"
+
+
 def inputs(n: int, h: int, v: int, ignore_index: int | None):
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=generator).requires_grad_()
@@ -231,6 +282,7 @@ def main() -> None:
     recurrences(max(5, options.repeats // 3))
     search_cells(options.repeats)
     embedding_updates(options.repeats)
+    training_steps(options.repeats)
     softmax_layers(options.repeats, "fp32")
     softmax_layers(options.repeats, "bf16")
 

@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=training.lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     # A window's gradient touches only its words' embedding rows: SGD updates those alone, to the same bits
-    sparse_embedding_grads(model, optimizer, accelerator.device, accelerator.num_processes)
+    if sparse_embedding_grads(model, optimizer, accelerator.device, accelerator.num_processes):
+        accelerator.print("embedding gradients: the touched rows only (seq2seq.sparse_grad; the same updates)")
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                                 "data": str(args.data_dir.resolve())}, accelerator, args.overwrite, preset)
 
