@@ -44,7 +44,21 @@ def test_ptb_small_table_is_its_record():
     assert cells[1:3] == [f"{same_machine['valid_ppl']:.2f}", f"{same_machine['test_ppl']:.2f}"]
     assert same_machine["mixed_precision"] == "no" and same_machine["speed"]["cpu_capability"] == "AVX512"
     assert abs(auto["test_ppl"] - same_machine["test_ppl"]) <= 0.5  # issue 13: bf16 within 0.5 of fp32
+    epyc_auto, epyc_fp32 = record("ptb-small-auto-epyc.json"), record("ptb-small-fp32-epyc.json")
+    assert row("this toolkit, 13 epochs, --mixed-precision auto (bf16 on the AVX-512 EPYC)")[1:3] == [
+        f"{epyc_auto['valid_ppl']:.2f}", f"{epyc_auto['test_ppl']:.2f}"] and epyc_auto["mixed_precision"] == "bf16"
+    assert row("this toolkit, 13 epochs, fp32 on the AVX-512 EPYC")[1:3] == [
+        f"{epyc_fp32['valid_ppl']:.2f}", f"{epyc_fp32['test_ppl']:.2f}"] and epyc_fp32["mixed_precision"] == "no"
+    assert abs(epyc_auto["test_ppl"] - epyc_fp32["test_ppl"]) <= 0.5 and epyc_auto["test_ppl"] <= 116
 
+
+
+def test_sparse_embedding_rerun_is_the_fp32_record():
+    """seq2seq.sparse_grad changes no bit of training: its full run repeats the fp32 record epoch by epoch."""
+    dense, sparse = record("ptb-small-fp32-avx512.json"), record("ptb-small-fp32-avx512-sparse.json")
+    assert [(e["train_ppl"], e["valid_ppl"]) for e in sparse["epochs"]] == [
+        (e["train_ppl"], e["valid_ppl"]) for e in dense["epochs"]]
+    assert sparse["test_ppl"] == dense["test_ppl"] and repr(sparse["test_ppl"]) in README
 
 def demo_rows() -> list[list[str]]:
     """The cells of every demo table row (bold marks and backticks removed) whose last cell names its record."""
