@@ -4,8 +4,10 @@ A training step of these models is, in arithmetic, a list of matrix products: pe
 of all steps at once and the recurrent projection once per step, per linear layer (softmax, attention combine)
 one product forward and two backward (the input's and the weight's gradients). Each product's throughput is
 measured on the machine at hand, at its exact shape and precision (small recurrent products run far below a
-2048^2 matmul); the ceiling is the time of those products alone. Efficiency = achieved / ceiling is the figure
-that carries from machine to machine; words/s does not.
+2048^2 matmul), with the faster of the two GEMM libraries torch ships for the CPU (MKL behind torch.matmul,
+oneDNN behind its linear layers: on an AMD EPYC with AVX-512, oneDNN's fp32 products run about twice MKL's);
+the ceiling is the time of those products alone. Efficiency = achieved / ceiling is the figure that carries from
+machine to machine; words/s does not.
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ def linear(rows: int, inputs: int, outputs: int, times: float = 1.0, backward: b
 
 def lstm_layer(steps: int, batch: int, inputs: int, units: int, directions: int = 1, backward: bool = True
                ) -> list[Product]:
-    """One LSTM layer: W_ih over all steps at once, W_hh once per step, for each direction."""
-    products = (linear(steps * batch, inputs, 4 * units, directions, backward)
-                + linear(batch, units, 4 * units, steps * directions, backward))
+    """One LSTM layer, for each direction: W_ih over all steps at once; W_hh's forward and input-gradient products
+    once per step (each needs the step before); W_hh's gradient, a sum over the steps, as one product over all of
+    them (dW_hh = dG^T H_prev, as oneDNN's backward computes it)."""
+    rows = steps * batch
+    recurrent = linear(batch, units, 4 * units, steps * directions, backward)
+    if backward:
+        recurrent[-1] = Product(4 * units, rows, units, directions)
+    products = linear(rows, inputs, 4 * units, directions, backward) + recurrent
     return [dataclasses.replace(p, lstm=True) for p in products]
 
 
@@ -78,8 +85,8 @@ def translator_step(batch: int, src_len: int, tgt_len: int, embedding: int, hidd
 
 
 def rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
-    """Measured FLOP/s of (m, k) @ (k, n) in dtype on device: best of repeated timed batches, measured once per
-    shape in a process (measured_rate.cache_clear() to measure again)."""
+    """Measured FLOP/s of (m, k) @ (k, n) in dtype on device: best of repeated timed batches with the faster GEMM
+    library (products_of), measured once per shape in a process (measured_rate.cache_clear() to measure again)."""
     return measured_rate(m, k, n, dtype, str(device))
 
 
@@ -87,18 +94,38 @@ def rate(m: int, k: int, n: int, dtype: torch.dtype = torch.float32, device: str
 def measured_rate(m: int, k: int, n: int, dtype: torch.dtype, device: str, seconds: float = 0.15) -> float:
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
+    return max(library_rate(product, m * k * n, device, seconds) for product in products_of(a, b))
+
+
+def library_rate(product, mkn: int, device: str, seconds: float) -> float:
+    """Best FLOP/s of repeated timed batches of `product()` ((m, k) @ (k, n), m * k * n = mkn)."""
     for _ in range(3):
-        torch.matmul(a, b)
+        product()
     best, deadline = 0.0, time.perf_counter() + seconds
-    repeats = max(1, int(2e7 / max(1, 2 * m * k * n)))  # ~20 MFLOP a timing, so tiny products are timed fairly
+    repeats = max(1, int(2e7 / max(1, 2 * mkn)))  # ~20 MFLOP a timing, so tiny products are timed fairly
     while time.perf_counter() < deadline:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
-            torch.matmul(a, b)
+            product()
         synchronize(device)
-        best = max(best, 2.0 * m * k * n * repeats / (time.perf_counter() - start))
+        best = max(best, 2.0 * mkn * repeats / (time.perf_counter() - start))
     return best
+
+
+def products_of(a: torch.Tensor, b: torch.Tensor) -> list:
+    """a @ b by each GEMM library torch offers on a's device: torch.matmul (MKL for fp32 on a CPU, oneDNN for
+    bf16) and, on a CPU, oneDNN's linear layer (b transposed once, outside the timing)."""
+    products = [lambda: torch.matmul(a, b)]
+    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if a.device.type == "cpu" else None
+    if onednn is not None and torch.backends.mkldnn.is_available():
+        weight = b.t().contiguous()  # (n, k): y = a weight^T
+        try:
+            onednn(a, weight, None, "none", [], "")
+            products.append(lambda: onednn(a, weight, None, "none", [], ""))
+        except RuntimeError:  # this build or CPU has no oneDNN path for the dtype
+            pass
+    return products
 
 
 def cold_seconds(product: Product, dtype: torch.dtype = torch.float32, repeats: int = 9) -> float:
@@ -110,14 +137,17 @@ def cold_seconds(product: Product, dtype: torch.dtype = torch.float32, repeats: 
     if product.times > 1:
         return product.flops() / rate(product.m, product.k, product.n, dtype)
     a, b = torch.randn(product.m, product.k).to(dtype), torch.randn(product.k, product.n).to(dtype)
-    flush, times = torch.empty(64 * 2**20), []
-    torch.matmul(a, b)
-    for _ in range(repeats):
-        flush.fill_(1.0)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * product.times
+    flush, medians = torch.empty(64 * 2**20), []
+    for multiply in products_of(a, b):  # each library's, the faster counts
+        times = []
+        multiply()
+        for _ in range(repeats):
+            flush.fill_(1.0)
+            start = time.perf_counter()
+            multiply()
+            times.append(time.perf_counter() - start)
+        medians.append(sorted(times)[len(times) // 2])
+    return min(medians) * product.times
 
 
 def synchronize(device: str) -> None:

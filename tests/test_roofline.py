@@ -3,7 +3,7 @@
 import pytest
 
 from seq2seq.roofline import (Product, ceiling_seconds, cold_seconds, language_model_step, linear, lstm_layer,
-                              measured_rate, rate, translator_step)
+                              measured_rate, products_of, rate, translator_step)
 
 
 def test_ptb_small_step_is_the_papers_arithmetic():
@@ -63,3 +63,27 @@ def test_a_cold_product_is_timed_once_per_flush_and_a_repeated_one_at_its_cached
     big = Product(512, 512, 512)
     cold, cached = cold_seconds(big, repeats=3), big.flops() / rate(512, 512, 512)
     assert 0.5 * cached < cold < 1.0  # one real product each time: not a no-op, not a pause
+
+
+def test_the_recurrent_weights_gradient_is_one_product_over_all_steps():
+    """dW_hh = sum_t dG_t^T h_{t-1} needs no step before it: one (4u, T*B) @ (T*B, u) product, not T small ones;
+    the products that do (h_{t-1} W_hh^T forward, dG_t W_hh backward) stay one per step."""
+    forward, input_grad, weight_grad, step, step_grad, recurrent_weight_grad = lstm_layer(20, 20, 200, 300, 2)
+    assert recurrent_weight_grad == Product(1200, 400, 300, times=2, lstm=True)
+    assert step == Product(20, 300, 1200, times=40, lstm=True) and step_grad == Product(20, 1200, 300, 40, True)
+    assert weight_grad == Product(1200, 400, 200, times=2, lstm=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_gemm_library_timed_computes_the_same_product(dtype):
+    """The rate is the faster library's, so each one timed must be doing a @ b (to its precision's rounding)."""
+    import torch
+    dtype = getattr(torch, dtype)
+    a, b = torch.randn(20, 96).to(dtype), torch.randn(96, 130).to(dtype)
+    expected, tolerance = a.double() @ b.double(), {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    multiplies = products_of(a, b)
+    assert len(multiplies) == 2 if dtype == torch.float32 and torch.backends.mkldnn.is_available() else multiplies
+    for multiply in multiplies:
+        result = multiply()
+        assert result.shape == (20, 130) and result.dtype == dtype
+        assert torch.allclose(result.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max())
