@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from seq2seq import gemm
 from seq2seq.checkpoint import save_model, write_json
 from seq2seq.config import add_config_flags, configure
 from seq2seq.data.word_corpus import Vocabulary, batchify, read_lines, window, window_starts
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     # A window's gradient touches only its words' embedding rows: SGD updates those alone, to the same bits
     if sparse_embedding_grads(model, optimizer, accelerator.device, accelerator.num_processes):
         accelerator.print("embedding gradients: the touched rows only (seq2seq.sparse_grad; the same updates)")
+    if args.mixed_precision == "no" and accelerator.device.type == "cpu" and gemm.describe():
+        accelerator.print(gemm.describe())
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                                 "data": str(args.data_dir.resolve())}, accelerator, args.overwrite, preset)
 

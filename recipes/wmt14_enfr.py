@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from seq2seq import gemm
 from seq2seq.average import average
 from seq2seq.checkpoint import atomic_write, load_weights, write_json
 from seq2seq.config import add_config_flags, configure
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed, device_specific=True)
     use_cpu_cores(accelerator)
     started = time.time()
+    if args.mixed_precision == "no" and accelerator.device.type == "cpu" and gemm.describe():
+        accelerator.print(gemm.describe())
 
     corpus = prepared_corpus(preset, args, output_dir, accelerator)
     if args.prepare_only:

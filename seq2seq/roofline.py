@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .gemm import fp32_library
+
 
 @dataclass(frozen=True)
 class Product:
@@ -170,6 +172,9 @@ def speed_record(units_per_second: float, per_step_units: float, products: list[
     precision = precision if precision in ("bf16", "fp16") else "fp32"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     ceiling = per_step_units / ceiling_seconds(products, dtype, device)
-    return {"units_per_sec": units_per_second, "ceiling_units_per_sec": ceiling,
-            "efficiency": units_per_second / ceiling, "precision": precision,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device}
+    record = {"units_per_sec": units_per_second, "ceiling_units_per_sec": ceiling,
+              "efficiency": units_per_second / ceiling, "precision": precision,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device}
+    if torch.device(device).type == "cpu":
+        record["fp32_gemm"] = fp32_library()  # MKL or oneDNN for the softmax layer's fp32 products (seq2seq.gemm)
+    return record

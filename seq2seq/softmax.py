@@ -13,7 +13,8 @@ logits from memory as in a step: 11.2-12.1 against 13.7-14.4 ms; `benchmarks/nat
 In fp32 on a CPU the forward's seven passes over the logits (bias, target, max, subtract, exp, sum, divide) run one
 row at a time in a compiled kernel (csrc/softmax_fp32.cpp), while the row is in cache, with ATen's own arithmetic:
 the loss and gradients are the eager path's bit for bit. The division by each row's total moves to the backward's
-single pass, the only reader of the probabilities.
+single pass, the only reader of the probabilities. Its three fp32 products run in the library seq2seq.gemm picks
+for the CPU (oneDNN on an AMD CPU with AVX-512, where MKL runs at half speed; MKL elsewhere).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import gemm
 from .native import softmax_fp32_kernel, softmax_loss_kernel
 
 
@@ -29,7 +31,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, dtype: torch.dtype,
                 smoothing: float, keep: Tensor | None) -> Tensor:
         h_cast, weight_cast = h.to(dtype), weight.to(dtype)  # cast once, kept for the backward products
-        logits = torch.mm(h_cast, weight_cast.t()).float()  # (N, V), softmax in fp32
+        logits = gemm.mm(h_cast, weight_cast.t()).float()  # (N, V), softmax in fp32; MKL or oneDNN (seq2seq.gemm)
         kernel = softmax_fp32_kernel() if logits.is_cpu and bias.dtype == torch.float32 else None
         if kernel is not None:  # the same passes, one row at a time, the same bits (csrc/softmax_fp32.cpp)
             with torch.profiler.record_function("seq2seq::softmax_fp32_kernel"):
@@ -70,8 +72,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits.mul_(grad)
         grad_bias = grad_logits.sum(0)  # (V,)
         grad_logits = grad_logits.to(weight_cast.dtype)
-        grad_h = grad_logits @ weight_cast  # (N, H)
-        grad_weight = grad_logits.t() @ h_cast  # (V, H)
+        grad_h = gemm.mm(grad_logits, weight_cast)  # (N, H)
+        grad_weight = gemm.mm(grad_logits.t(), h_cast)  # (V, H)
         return grad_h.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1]), grad_bias, None, None, None, None
 
 

@@ -1,0 +1,67 @@
+"""Which library multiplies fp32 matrices on this CPU: MKL (torch.mm) or oneDNN.
+
+torch's CPU wheel runs a float32 `torch.mm` in MKL, and MKL takes its AVX-512 code only on Intel CPUs: on an AMD
+EPYC with AVX-512 its log names no instruction set ("Intel(R) Architecture processors") and a 2048^2 product runs
+at 213 GFLOP/s on 2 cores where oneDNN, the library behind torch's LSTM layers, reaches 459 in float32 too
+(`benchmarks/roofline.py`, "A ceiling that holds on every CPU" in the README). There the softmax layer's three
+products (seq2seq.softmax) run in oneDNN; everywhere else they stay in MKL, whose rounding every recorded fp32
+run was made with.
+
+The choice is made from the CPU, never from a timing, so a seed still fixes the result: `SEQ2SEQ_FP32_GEMM=mkl`
+or `=onednn` overrides it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+CHOICES = ("auto", "mkl", "onednn")
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("AuthenticAMD", "GenuineIntel"), or "" where /proc/cpuinfo does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def fp32_library() -> str:
+    """"onednn" or "mkl": the setting of SEQ2SEQ_FP32_GEMM, or by default oneDNN on an AMD CPU with AVX-512."""
+    choice = os.environ.get("SEQ2SEQ_FP32_GEMM", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise UserError(f"SEQ2SEQ_FP32_GEMM={choice!r}: expected one of {', '.join(CHOICES)}")
+    if choice == "auto":
+        amd_avx512 = cpu_vendor() == "AuthenticAMD" and torch.backends.cpu.get_cpu_capability() == "AVX512"
+        choice = "onednn" if amd_avx512 else "mkl"
+    return choice if choice == "mkl" or onednn_available() else "mkl"
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """a (M, K) @ b (K, N), fp32 on a CPU in fp32_library(); anything else as torch.mm. Either operand may be a
+    transposed view: oneDNN reads the strides, nothing is copied."""
+    if a.is_cpu and a.dtype == b.dtype == torch.float32 and fp32_library() == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")  # a (b^T)^T
+    return torch.mm(a, b)
+
+
+def describe() -> str | None:
+    """The log's line where the fp32 products leave MKL, else None."""
+    if fp32_library() != "onednn":
+        return None
+    return "fp32 softmax products: oneDNN (seq2seq.gemm; MKL takes a slower path on this CPU)"

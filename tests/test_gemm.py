@@ -1,0 +1,59 @@
+"""seq2seq.gemm: the fp32 product library is chosen from the CPU (never a timing), and both compute a @ b."""
+
+import pytest
+import torch
+
+from seq2seq import gemm
+from seq2seq.errors import UserError
+
+
+@pytest.fixture
+def library(monkeypatch):
+    """Set SEQ2SEQ_FP32_GEMM for one test; the choice is cached per process, so clear it around."""
+    def choose(value: str) -> str:
+        monkeypatch.setenv("SEQ2SEQ_FP32_GEMM", value)
+        gemm.fp32_library.cache_clear()
+        return gemm.fp32_library()
+    yield choose
+    monkeypatch.delenv("SEQ2SEQ_FP32_GEMM", raising=False)
+    gemm.fp32_library.cache_clear()
+
+
+@pytest.mark.parametrize("vendor, capability, expected", [
+    ("AuthenticAMD", "AVX512", "onednn"), ("AuthenticAMD", "AVX2", "mkl"), ("GenuineIntel", "AVX512", "mkl"),
+    ("", "AVX512", "mkl")])
+def test_auto_takes_onednn_on_an_amd_cpu_with_avx512_only(monkeypatch, library, vendor, capability, expected):
+    monkeypatch.setattr(gemm, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    chosen = library("auto")
+    assert chosen == (expected if gemm.onednn_available() else "mkl")
+    assert (gemm.describe() is not None) == (chosen == "onednn")
+
+
+def test_the_setting_overrides_and_a_bad_one_is_one_sentence(library):
+    assert library("mkl") == "mkl" and gemm.describe() is None
+    assert library("oneDNN") == ("onednn" if gemm.onednn_available() else "mkl")
+    with pytest.raises(UserError, match="SEQ2SEQ_FP32_GEMM='blas': expected one of auto, mkl, onednn"):
+        library("blas")
+
+
+@pytest.mark.parametrize("setting", ["mkl", "onednn"])
+def test_both_libraries_multiply_transposed_views_to_fp32_accuracy_and_repeat(library, setting):
+    library(setting)
+    generator = torch.Generator().manual_seed(0)
+    h, weight = torch.randn(37, 24, generator=generator), torch.randn(301, 24, generator=generator)
+    grad = torch.randn(37, 301, generator=generator)
+    for a, b in [(h, weight.t()), (grad, weight), (grad.t(), h)]:  # the softmax layer's three products
+        product = gemm.mm(a, b)
+        exact = a.double() @ b.double()
+        assert product.shape == exact.shape and product.dtype == torch.float32
+        assert torch.allclose(product.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+        assert torch.equal(product, gemm.mm(a, b))  # a seed fixes the result: the same bits every call
+    if setting == "mkl":
+        assert torch.equal(gemm.mm(grad.t(), h), torch.mm(grad.t(), h))  # the recorded runs' products, exactly
+
+
+def test_other_dtypes_stay_with_torch_mm(library):
+    library("onednn")
+    a, b = torch.randn(8, 16).bfloat16(), torch.randn(16, 4).bfloat16()
+    assert torch.equal(gemm.mm(a, b), torch.mm(a, b))
