@@ -49,6 +49,7 @@ def test_ptb_small_table_is_its_record():
         f"{epyc_auto['valid_ppl']:.2f}", f"{epyc_auto['test_ppl']:.2f}"] and epyc_auto["mixed_precision"] == "bf16"
     assert row("this toolkit, 13 epochs, fp32 on the AVX-512 EPYC")[1:3] == [
         f"{epyc_fp32['valid_ppl']:.2f}", f"{epyc_fp32['test_ppl']:.2f}"] and epyc_fp32["mixed_precision"] == "no"
+    assert epyc_fp32["speed"]["fp32_gemm"] == "onednn"  # as seq2seq.gemm chooses on that CPU
     assert abs(epyc_auto["test_ppl"] - epyc_fp32["test_ppl"]) <= 0.5 and epyc_auto["test_ppl"] <= 116
 
 
