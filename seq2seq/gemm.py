@@ -60,6 +60,15 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a, b)
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """nn.functional.linear(x, weight, bias) for x (N, in), weight (out, in), bias (out,) or None: in oneDNN where
+    fp32_library() says so for an fp32 CPU product (bias summed inside it, as addmm does), else as torch does."""
+    if (x.is_cpu and x.dim() == 2 and x.dtype == weight.dtype == torch.float32 and fp32_library() == "onednn"
+            and (bias is None or bias.dim() == 1)):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.nn.functional.linear(x, weight, bias)
+
+
 def describe() -> str | None:
     """The log's line where the fp32 products leave MKL, else None."""
     if fp32_library() != "onednn":

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import gemm
+
 
 class Products:
     """x W^T (+ bias) for search: in `dtype` with fp32 around it, or, with dtype None, as nn.Linear computes it."""
@@ -40,10 +42,11 @@ class Products:
         """x (N, in) times weight (out, in) transposed, plus bias ((out,) or (N, out)), in x's dtype.
 
         Without a dtype this is nn.functional.linear (with a bias: one addmm, the bias summed inside the
-        product), so fp32 search is unchanged to the last bit. With one, the product runs in dtype and the bias
-        is added after it, in fp32."""
+        product), so fp32 search is unchanged to the last bit, except on a CPU where seq2seq.gemm runs fp32
+        products in oneDNN (an AMD CPU with AVX-512). With one, the product runs in dtype and the bias is added
+        after it, in fp32."""
         if self.dtype is None:
-            return nn.functional.linear(x, weight, bias)
+            return gemm.linear(x, weight, bias)
         product = nn.functional.linear(x.to(self.dtype), self.weight(weight)).to(x.dtype)  # (N, out)
         return product if bias is None else product.add_(bias)
 

@@ -57,3 +57,17 @@ def test_other_dtypes_stay_with_torch_mm(library):
     library("onednn")
     a, b = torch.randn(8, 16).bfloat16(), torch.randn(16, 4).bfloat16()
     assert torch.equal(gemm.mm(a, b), torch.mm(a, b))
+
+
+@pytest.mark.parametrize("setting", ["mkl", "onednn"])
+def test_linear_is_nn_linear_to_fp32_accuracy_and_exactly_so_in_mkl(library, setting):
+    """Search's fp32 products (seq2seq.products) go through gemm.linear: the bias summed in, a 2-D bias as torch."""
+    library(setting)
+    generator = torch.Generator().manual_seed(1)
+    x, weight = torch.randn(45, 32, generator=generator), torch.randn(70, 32, generator=generator)
+    for bias in (None, torch.randn(70, generator=generator), torch.randn(45, 70, generator=generator)):
+        expected = torch.nn.functional.linear(x, weight, bias)
+        product = gemm.linear(x, weight, bias)
+        assert product.shape == (45, 70) and torch.allclose(product, expected, rtol=1e-5, atol=1e-5)
+        if setting == "mkl" or (bias is not None and bias.dim() == 2):
+            assert torch.equal(product, expected)
