@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     # A window's gradient touches only its words' embedding rows: SGD updates those alone, to the same bits
     if sparse_embedding_grads(model, optimizer, accelerator.device, accelerator.num_processes):
         accelerator.print("embedding gradients: the touched rows only (seq2seq.sparse_grad; the same updates)")
-    if args.mixed_precision == "no" and accelerator.device.type == "cpu" and gemm.describe():
-        accelerator.print(gemm.describe())
+    gemm.announce(accelerator.print, accelerator.device, args.mixed_precision)
     check_run(args.output_dir, {"preset": dataclasses.asdict(preset), "seed": args.seed,
                                 "data": str(args.data_dir.resolve())}, accelerator, args.overwrite, preset)
 

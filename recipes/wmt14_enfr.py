@@ -71,9 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def choose_preset(args: argparse.Namespace) -> TranslationPreset | None:
     """Preset, --config file, the shorthand flags, --set; then the data flags (seq2seq.data.options)."""
     shorthands = {"--epochs": ("training.epochs", args.epochs), "--eval-every": ("training.eval_every", args.eval_every),
-                  "--gradient-accumulation-steps": ("training.gradient_accumulation_steps",
-                                                    args.gradient_accumulation_steps),
-                  "--dropout": ("model.dropout", args.dropout)}
+                  "--dropout": ("model.dropout", args.dropout), "--gradient-accumulation-steps":
+                  ("training.gradient_accumulation_steps", args.gradient_accumulation_steps)}
     return configure(args, TRANSLATION_PRESETS, shorthands,
                      then=lambda preset: dataclasses.replace(preset, data=data_from_flags(preset.data, args)))
 
@@ -217,8 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed, device_specific=True)
     use_cpu_cores(accelerator)
     started = time.time()
-    if args.mixed_precision == "no" and accelerator.device.type == "cpu" and gemm.describe():
-        accelerator.print(gemm.describe())
+    gemm.announce(accelerator.print, accelerator.device, args.mixed_precision)
 
     corpus = prepared_corpus(preset, args, output_dir, accelerator)
     if args.prepare_only:

@@ -74,3 +74,9 @@ def describe() -> str | None:
     if fp32_library() != "onednn":
         return None
     return "fp32 softmax products: oneDNN (seq2seq.gemm; MKL takes a slower path on this CPU)"
+
+
+def announce(say, device: torch.device, mixed_precision: str) -> None:
+    """Tell the run's log (`say`) when an fp32 run on a CPU has its fp32 products in oneDNN."""
+    if mixed_precision == "no" and device.type == "cpu" and (line := describe()):
+        say(line)
