@@ -56,7 +56,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     """a (M, K) @ b (K, N), fp32 on a CPU in fp32_library(); anything else as torch.mm. Either operand may be a
     transposed view: oneDNN reads the strides, nothing is copied."""
     if a.is_cpu and a.dtype == b.dtype == torch.float32 and fp32_library() == "onednn":
-        return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")  # a (b^T)^T
+        return linear(a, b.t())  # a (b^T)^T
     return torch.mm(a, b)
 
 

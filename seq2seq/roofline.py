@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gemm import fp32_library
+from .gemm import fp32_library, onednn_available
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,8 @@ def products_of(a: torch.Tensor, b: torch.Tensor) -> list:
     """a @ b by each GEMM library torch offers on a's device: torch.matmul (MKL for fp32 on a CPU, oneDNN for
     bf16) and, on a CPU, oneDNN's linear layer (b transposed once, outside the timing)."""
     products = [lambda: torch.matmul(a, b)]
-    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if a.device.type == "cpu" else None
-    if onednn is not None and torch.backends.mkldnn.is_available():
-        weight = b.t().contiguous()  # (n, k): y = a weight^T
+    if a.device.type == "cpu" and onednn_available():
+        onednn, weight = torch.ops.mkldnn._linear_pointwise, b.t().contiguous()  # weight (n, k): y = a weight^T
         try:
             onednn(a, weight, None, "none", [], "")
             products.append(lambda: onednn(a, weight, None, "none", [], ""))
