@@ -4,8 +4,8 @@ torch's CPU wheel runs a float32 `torch.mm` in MKL, and MKL takes its AVX-512 co
 EPYC with AVX-512 its log names no instruction set ("Intel(R) Architecture processors") and a 2048^2 product runs
 at 213 GFLOP/s on 2 cores where oneDNN, the library behind torch's LSTM layers, reaches 459 in float32 too
 (`benchmarks/roofline.py`, "A ceiling that holds on every CPU" in the README). There the softmax layer's three
-products (seq2seq.softmax) run in oneDNN; everywhere else they stay in MKL, whose rounding every recorded fp32
-run was made with.
+products (seq2seq.softmax) and search's fp32 products (seq2seq.products) run in oneDNN; everywhere else they stay
+in MKL, whose rounding every recorded fp32 run was made with.
 
 The choice is made from the CPU, never from a timing, so a seed still fixes the result: `SEQ2SEQ_FP32_GEMM=mkl`
 or `=onednn` overrides it.
