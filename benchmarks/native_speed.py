@@ -28,6 +28,12 @@ kernel and without, alternating: once with the operands cached (the same call re
 256 MB through the caches, as the softmax meets its logits inside a training step. It also checks the fp32 kernel's
 loss and gradients against the eager path's bit for bit, and prints how far the bf16 kernel's are from the eager
 path's (both round the logits' gradient to bf16).
+
+Transposed products (where seq2seq.gemm runs fp32 products in oneDNN: an AMD CPU with AVX-512, or
+SEQ2SEQ_FP32_GEMM=onednn): a weight's gradient dW = dY^T X at the softmax layers' shapes (PTB small, medium, the
+demo) as gemm.mm took it before (oneDNN copying dY^T itself, on one thread) and as it does now (the tiled
+transposes, the cheaper way round), checked to be the same bits, then whole fp32 training steps of PTB small and
+the demo translator (benchmarks/roofline.py's) with gemm.mm the one way and the other, a step at a time in turn.
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ import time
 
 import torch
 
-from seq2seq import dropout, recurrence, softmax, sparse_grad, translator
+from seq2seq import dropout, gemm, recurrence, softmax, sparse_grad, translator
 from seq2seq.clipping import clip_grad_norm
 from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.native import (dropout_mask_kernel, recurrence_kernel, search_cell_kernel, softmax_fp32_kernel,
-                            softmax_loss_kernel, sparse_norm_kernel)
+                            softmax_loss_kernel, sparse_norm_kernel, transpose_kernel)
 from seq2seq.presets import LM_PRESETS
 
 SHAPES = {"ptb-small": (400, 200, 10_000, 0.0, None), "demo": (2_090, 256, 4_000, 0.1, 0)}
@@ -209,7 +215,7 @@ def training_steps(repeats: int) -> None:
             print(f"  {name:<10} {'bf16' if bf16 else 'fp32'}: {interleaved(run, steps)}")
 
 
-def interleaved(run, steps: int) -> str:
+def interleaved(run, steps: int, labels=("dense", "sparse")) -> str:
     """run(False) and run(True) timed in turn, one call each at a time, `steps` calls a side after two warm-up
     pairs (a drifting machine slows both alike): the medians, quartiles and the ratio of the medians."""
     times = {False: [], True: []}
@@ -220,8 +226,7 @@ def interleaved(run, steps: int) -> str:
             if i >= 2:
                 times[sparse].append((time.perf_counter() - start) * 1e3)
     quartiles = {k: statistics.quantiles(v, n=4) for k, v in times.items()}
-    spans = [f"{label} {q[1]:6.1f} ms [{q[0]:.1f}-{q[2]:.1f}]" for label, q in zip(("dense", "sparse"),
-                                                                                   quartiles.values())]
+    spans = [f"{label} {q[1]:6.1f} ms [{q[0]:.1f}-{q[2]:.1f}]" for label, q in zip(labels, quartiles.values())]
     return f"{spans[0]}   {spans[1]}   {quartiles[False][1] / quartiles[True][1]:.2f}x (medians)"
 
 
@@ -268,13 +273,57 @@ def softmax_layers(repeats: int, precision: str) -> None:
             print(f"  {where:<16} {alternating(run, repeats, buffer)}")
 
 
+def mm_before(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gemm.mm as it was: a transposed a handed to oneDNN as it is, which copies it (one thread)."""
+    if a.is_cpu and a.dtype == b.dtype == torch.float32 and gemm.fp32_library() == "onednn":
+        return gemm.linear(a, b.t())
+    return torch.mm(a, b)
+
+
+def transposed_products(repeats: int) -> None:
+    """dW = dY^T X before and now (see the head), alone and inside whole fp32 training steps."""
+    if gemm.fp32_library() != "onednn":
+        print("transposed products: skipped, fp32 products run in MKL on this CPU (SEQ2SEQ_FP32_GEMM=onednn to measure)")
+        return
+    print("a weight's gradient dY^T X in oneDNN (seq2seq.gemm.mm): before (oneDNN copies dY^T) and now, median ms")
+    flush = torch.empty(64 * 2**20)
+    generator = torch.Generator().manual_seed(0)
+    for name, (n, h, v) in {"ptb-small": (400, 200, 10_000), "ptb-medium": (700, 650, 10_000),
+                            "demo": (2_090, 256, 4_000)}.items():
+        grad, x = torch.randn(n, v, generator=generator), torch.randn(n, h, generator=generator)
+        same = torch.equal(mm_before(grad.t(), x), gemm.mm(grad.t(), x))
+        print(f"  {name:<10} ({v} x {n}) x ({n} x {h}), the same bits: {same}")
+
+        def product(now: bool, grad=grad, x=x) -> torch.Tensor:
+            return (gemm.mm if now else mm_before)(grad.t(), x)
+
+        for where, buffer in (("operands cached", None), ("from memory", flush)):
+            print(f"    {where:<16} {alternating(product, repeats, buffer, labels=('before', 'now'))}")
+    import roofline  # benchmarks/roofline.py: its training steps, as its table times them
+
+    print("whole fp32 training steps with gemm.mm before and now, median ms")
+    for name in ("ptb-small", "demo"):
+        step = roofline.WORKLOADS[name](False, torch.device("cpu"))[0]
+        mm = gemm.mm
+
+        def run(now: bool):
+            gemm.mm = mm if now else mm_before
+            try:
+                step()
+            finally:
+                gemm.mm = mm
+
+        steps = 3 * repeats if name == "ptb-small" else repeats
+        print(f"  {name:<10} fp32: {interleaved(run, steps, labels=('before', 'now'))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     options = parser.parse_args()
     keep_freed_memory()
     if None in (softmax_loss_kernel(), softmax_fp32_kernel(), dropout_mask_kernel(), recurrence_kernel(),
-                search_cell_kernel(), sparse_norm_kernel()):
+                search_cell_kernel(), sparse_norm_kernel(), transpose_kernel()):
         raise SystemExit("the compiled kernels are not available here (see the line above): nothing to compare")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
@@ -285,6 +334,7 @@ def main() -> None:
     training_steps(options.repeats)
     softmax_layers(options.repeats, "fp32")
     softmax_layers(options.repeats, "bf16")
+    transposed_products(options.repeats)
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ def decode(bf16: bool, model_dir, input_path, device: torch.device = CPU, beam: 
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-            "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn"}
+            "aten::mkldnn_rnn_layer", "aten::mkldnn_rnn", "mkldnn::_linear_pointwise"}  # the last: seq2seq.gemm's oneDNN
 
 
 def decode_breakdown(model_dir, input_path, bf16: bool, top: int = 12) -> None:

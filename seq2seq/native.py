@@ -1,6 +1,6 @@
 """Compiled CPU kernels, built once on first use with torch.utils.cpp_extension (a C++ compiler and ninja).
 
-There are six, each a small C++ file in `csrc/`:
+There are seven, each a small C++ file in `csrc/`:
 - `softmax_loss.cpp`: the cross-entropy read straight from bf16 logits (seq2seq.softmax, bf16 autocast on a CPU);
 - `softmax_fp32.cpp`: the float32 cross-entropy's element-wise passes, one row of logits at a time, with ATen's
   arithmetic (seq2seq.softmax, every fp32 CPU run);
@@ -11,11 +11,13 @@ There are six, each a small C++ file in `csrc/`:
 - `search_cell.cpp`: a decoder layer's LSTM cell at a beam-search step with its row gathers, in one pass, with
   ATen's own sigmoid and MKL's tanh (seq2seq.translator.decoder_step, fp32 on a CPU);
 - `sparse_norm.cpp`: the clipping norm of a row-sparse embedding gradient from its touched rows, in the order and
-  rounding of torch's norm of the dense gradient (seq2seq.sparse_grad, plain SGD on a CPU).
+  rounding of torch's norm of the dense gradient (seq2seq.sparse_grad, plain SGD on a CPU);
+- `transpose.cpp`: a float32 matrix transposed into a new contiguous one, in tiles on every core (seq2seq.gemm's
+  oneDNN products of a transposed operand).
 Each is compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, search cells and fp32
-losses bit for bit, the same bf16 loss and gradients to rounding (the bf16 softmax kernel's exp and order of sums
+line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, search cells, fp32
+losses and transposes bit for bit, the same bf16 loss and gradients to rounding (the bf16 softmax kernel's exp and order of sums
 are its own). SEQ2SEQ_NATIVE=0 turns them off.
 """
 
@@ -103,6 +105,12 @@ def search_cell_kernel():
 def sparse_norm_kernel():
     """The compiled norm of a row-sparse float32 gradient (sparse_rows_norm), or None."""
     return load("sparse_norm", "sparse-gradient norm kernel", aten_arithmetic_flags())
+
+
+@functools.cache
+def transpose_kernel():
+    """The compiled tiled float32 transpose (transposed), or None."""
+    return load("transpose", "transpose kernel")
 
 
 def aten_arithmetic_flags() -> tuple[str, ...]:

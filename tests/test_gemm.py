@@ -53,6 +53,37 @@ def test_both_libraries_multiply_transposed_views_to_fp32_accuracy_and_repeat(li
         assert torch.equal(gemm.mm(grad.t(), h), torch.mm(grad.t(), h))  # the recorded runs' products, exactly
 
 
+@pytest.mark.parametrize("rows, hidden, vocab", [(120, 32, 3000), (400, 200, 10000), (37, 256, 4000)])
+def test_a_transposed_first_operand_gives_the_bits_of_the_direct_onednn_product(library, rows, hidden, vocab):
+    """dW = dY^T X is taken as (X^T dY)^T where that copies less (the first two shapes; the third keeps the direct
+    way): either way the same bits as oneDNN's product of the copied dY^T, the one it ran before."""
+    if library("onednn") != "onednn":
+        pytest.skip("this torch build has no oneDNN linear layer")
+    generator = torch.Generator().manual_seed(2)
+    grad, h = torch.randn(rows, vocab, generator=generator), torch.randn(rows, hidden, generator=generator)
+    product = gemm.mm(grad.t(), h)  # (vocab, hidden)
+    direct = torch.ops.mkldnn._linear_pointwise(grad.t().contiguous(), h.t(), None, "none", [], "")
+    assert product.is_contiguous() and product.shape == (vocab, hidden)
+    assert torch.equal(product, direct)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_transposed_is_the_transpose_made_contiguous(monkeypatch, native):
+    """The compiled tiled transpose and its eager fallback (SEQ2SEQ_NATIVE=0): the values of x.t(), contiguous,
+    for shapes that are not whole tiles, a row-strided view, and one row or column."""
+    monkeypatch.setenv("SEQ2SEQ_NATIVE", native)
+    gemm.transpose_kernel.cache_clear()
+    generator = torch.Generator().manual_seed(3)
+    try:
+        for shape in [(200, 1000), (65, 129), (1, 70), (70, 1), (3, 5)]:
+            x = torch.randn(shape, generator=generator)
+            for view in (x, torch.randn(shape[0], shape[1] + 7, generator=generator)[:, 3 : 3 + shape[1]]):
+                out = gemm.transposed(view)
+                assert out.is_contiguous() and torch.equal(out, view.t())
+    finally:
+        gemm.transpose_kernel.cache_clear()
+
+
 def test_other_dtypes_stay_with_torch_mm(library):
     library("onednn")
     a, b = torch.randn(8, 16).bfloat16(), torch.randn(16, 4).bfloat16()
