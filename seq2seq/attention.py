@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import gemm
+
 
 class LuongAttention(nn.Module):
     def __init__(self, hidden_size: int):
@@ -18,16 +20,16 @@ class LuongAttention(nn.Module):
 
     def keys(self, memory: Tensor) -> Tensor:
         """W_a s for every source position, computed once per sentence. memory: (S, B, H) -> (B, H, S)."""
-        return self.score(memory).permute(1, 2, 0)
+        return gemm.trainable_linear(memory, self.score.weight).permute(1, 2, 0)  # nn.Linear's, oneDNN on AMD
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, src_mask: Tensor,
-                return_weights: bool = False, linear=nn.functional.linear,
+                return_weights: bool = False, linear=gemm.trainable_linear,
                 batch_first: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """query: (T, B, H) decoder outputs, or (B, T, H) with batch_first (search: a sentence's beams are its
         T, and its rows stay in the order the step keeps them); keys: (B, H, S); memory: (S, B, H); src_mask:
         (B, S) True at real tokens. Returns the attentional hidden states in query's layout, and with
-        return_weights the attention weights (B, T, S) too. linear(x, weight): W_c's product (search passes
-        seq2seq.products')."""
+        return_weights the attention weights (B, T, S) too. linear(x, weight): W_c's product (by default
+        nn.functional.linear's, in oneDNN where seq2seq.gemm says so; search passes seq2seq.products')."""
         scores = torch.bmm(query if batch_first else query.transpose(0, 1), keys)  # (B, T, S)
         scores = scores.masked_fill_(~src_mask.unsqueeze(1), float("-inf"))  # in place: bmm saves its inputs only
         weights = torch.softmax(scores, dim=-1)  # (B, T, S)

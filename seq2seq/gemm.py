@@ -88,6 +88,35 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return torch.nn.functional.linear(x, weight, bias)
 
 
+class _Linear(torch.autograd.Function):
+    """y = x W^T + b for 2-D x with its three products in oneDNN (`linear`, `mm`): forward, dx = dy W, dW = dy^T x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = mm(grad, weight) if ctx.needs_input_grad[0] else None  # (N, in)
+        grad_weight = mm(grad.t(), x) if ctx.needs_input_grad[1] else None  # (out, in)
+        grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (out,), as addmm's backward
+        return grad_x, grad_weight, grad_bias
+
+
+def trainable_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """nn.functional.linear(x, weight, bias) for x (..., in), with autograd: in oneDNN, forward and backward, for
+    fp32 CPU tensors outside autocast where fp32_library() says so (an AMD CPU with AVX-512), else as torch does
+    (MKL for fp32 on a CPU; under bf16 autocast, autocast's bf16 products)."""
+    if not (x.is_cpu and x.dtype == weight.dtype == torch.float32 and fp32_library() == "onednn"
+            and not torch.is_autocast_enabled("cpu") and (bias is None or bias.dim() == 1)):
+        return torch.nn.functional.linear(x, weight, bias)
+    y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)  # (N, out)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 def describe() -> str | None:
     """The log's line where the fp32 products leave MKL, else None."""
     if fp32_library() != "onednn":

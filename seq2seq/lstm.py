@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from . import gemm
 from .dropout import DropoutMasks, check_dropout, sample_masks
 from .recurrence import MaskedLSTMRecurrence
 
@@ -94,8 +95,8 @@ def recurrent_layer(x: Tensor, h: Tensor, c: Tensor, lstm: nn.LSTM, h_mask: Tens
     inputs = (x, reverse_padded(x, lengths)) if directions == 2 else (x,)  # the backward direction reads x reversed
     # The input half of every gate does not depend on t: one large product per direction for all steps;
     # the recurrence itself is one autograd node (seq2seq.recurrence).
-    x_proj = _stack([nn.functional.linear(x_d, getattr(lstm, f"weight_ih_{s}"),
-                                          getattr(lstm, f"bias_ih_{s}") + getattr(lstm, f"bias_hh_{s}"))
+    x_proj = _stack([gemm.trainable_linear(x_d, getattr(lstm, f"weight_ih_{s}"),
+                                           getattr(lstm, f"bias_ih_{s}") + getattr(lstm, f"bias_hh_{s}"))
                      for x_d, s in zip(inputs, suffixes)], dim=1)  # (T, D, B, 4u)
     if x_proj.device.type == "cpu":  # under bf16 autocast only the input product above runs in bf16: see below
         x_proj = x_proj.to(h.dtype)

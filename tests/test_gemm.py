@@ -102,3 +102,33 @@ def test_linear_is_nn_linear_to_fp32_accuracy_and_exactly_so_in_mkl(library, set
         assert product.shape == (45, 70) and torch.allclose(product, expected, rtol=1e-5, atol=1e-5)
         if setting == "mkl" or (bias is not None and bias.dim() == 2):
             assert torch.equal(product, expected)
+
+
+@pytest.mark.parametrize("setting", ["mkl", "onednn"])
+def test_trainable_linear_is_nn_linear_forward_and_backward(library, setting):
+    """The LSTM step loops' input products and attention's layers train through gemm.trainable_linear: the values and
+    the three gradients of nn.functional.linear (to fp32 rounding; exactly where it is MKL's), any leading dims."""
+    library(setting)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 5, 24, generator=generator)
+    weight, bias, grad = torch.randn(40, 24, generator=generator), torch.randn(40, generator=generator), None
+    results = []
+    for function in (gemm.trainable_linear, torch.nn.functional.linear):
+        for with_bias in (True, False):
+            inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+            out = function(inputs[0], inputs[1], inputs[2] if with_bias else None)
+            grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+            out.backward(grad)
+            results.append([out.detach()] + [t.grad for t in inputs[: 3 if with_bias else 2]])
+    for ours, torchs in zip(results[:2], results[2:]):
+        assert [t.shape for t in ours] == [t.shape for t in torchs]
+        for a, b in zip(ours, torchs):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and (setting == "onednn" or torch.equal(a, b))
+
+
+def test_trainable_linear_under_autocast_is_autocasts(library):
+    library("onednn")
+    x, weight = torch.randn(6, 8), torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, torchs = gemm.trainable_linear(x, weight), torch.nn.functional.linear(x, weight)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, torchs)
