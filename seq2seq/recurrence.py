@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import gemm
 from .native import recurrence_kernel
 
 
@@ -56,10 +57,11 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             gates = x_proj.clone()  # (T, D, B, 4u): x_proj, then the pre-activations, then the activations
             h_in, hs, cs, tanh_cs = (h0.new_empty(steps, directions, batch, units) for _ in range(4))
             kernel = recurrence_kernel() if gates.device.type == "cpu" else None
+            onednn = _onednn(w)
             if kernel is not None:  # the loop below in C++, bit for bit
-                kernel.forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask)
+                kernel.forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask, onednn)
             else:
-                _forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask)
+                _forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask, onednn)
         ctx.save_for_backward(w, c0, h_mask, gates, h_in, hs, cs, tanh_cs)
         ctx.set_materialize_grads(False)
         ctx.w_dtype = w_hh.dtype
@@ -74,19 +76,35 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             grad_gates = torch.empty_like(gates)  # (T, D, B, 4u)
             kernel = recurrence_kernel() if gates.device.type == "cpu" else None
             steps_backward = kernel.backward_steps if kernel is not None else _backward_steps
-            grad_h0, grad_c0 = steps_backward(grad_gates, gates, jac, k, w, h_in, grad_hs, grad_cs, h_mask)
+            onednn = _onednn(w)
+            grad_h0, grad_c0 = steps_backward(grad_gates, gates, jac, k, w, h_in, grad_hs, grad_cs, h_mask, onednn)
             grad_w = None
             if ctx.needs_input_grad[1]:  # sum over steps and batch of d a^T h_in: (D, 4u, T*B) x (D, T*B, u)
                 flat = grad_gates.transpose(0, 1).reshape(directions, -1, 4 * units)
                 rows = h_in.transpose(0, 1).reshape(directions, -1, units).to(flat.dtype)
-                grad_w = torch.bmm(flat.transpose(1, 2), rows).to(ctx.w_dtype)
+                grad_w = (torch.stack([gemm.mm(flat[d].t(), rows[d]) for d in range(directions)]) if onednn
+                          else torch.bmm(flat.transpose(1, 2), rows)).to(ctx.w_dtype)
         return grad_gates, grad_w, grad_h0, grad_c0, None
 
 
+def _onednn(w: Tensor) -> bool:
+    """Whether the recurrence's fp32 products run in oneDNN (seq2seq.gemm: an AMD CPU with AVX-512) or MKL."""
+    return w.is_cpu and w.dtype == torch.float32 and gemm.fp32_library() == "onednn"
+
+
+def _products(a: Tensor, b: Tensor, onednn: bool) -> Tensor:
+    """torch.bmm(a, b) for a (D, B, k), b (D, k, n); with onednn a direction at a time in oneDNN, b[d] read
+    through its transpose as the weight (no copy). csrc/recurrence.cpp's `products`."""
+    if not onednn:
+        return torch.bmm(a, b)
+    out = [gemm.linear(a[d], b[d].t()) for d in range(a.shape[0])]
+    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+
+
 def _forward_steps(gates: Tensor, w_t: Tensor, h0: Tensor, c0: Tensor, h_in: Tensor, hs: Tensor, cs: Tensor,
-                   tanh_cs: Tensor, h_mask: Tensor | None) -> None:
+                   tanh_cs: Tensor, h_mask: Tensor | None, onednn: bool = False) -> None:
     """The forward loop (csrc/recurrence.cpp is the same in C++): fills h_in, hs, cs, tanh_cs (T, D, B, u) and turns
-    gates (T, D, B, 4u) from x_proj into the activations. w_t: (D, u, 4u)."""
+    gates (T, D, B, 4u) from x_proj into the activations. w_t: (D, u, 4u); onednn: the products in oneDNN."""
     steps, units = gates.shape[0], h0.shape[-1]
     i, f, g, o = _steps(gates, units)
     sigmoid_if = gates[..., :2 * units].unbind(0)
@@ -96,7 +114,10 @@ def _forward_steps(gates: Tensor, w_t: Tensor, h0: Tensor, c0: Tensor, h_in: Ten
     h, c = h0, c0
     for t in range(steps):
         h = h_in_t[t].copy_(h) if masks[t] is None else torch.mul(h, masks[t], out=h_in_t[t])
-        gates_t[t].baddbmm_(h.to(w_t.dtype), w_t)  # (D, B, 4u) pre-activations
+        if onednn:  # (D, B, 4u) pre-activations
+            gates_t[t].add_(_products(h.to(w_t.dtype), w_t, True))
+        else:
+            gates_t[t].baddbmm_(h.to(w_t.dtype), w_t)
         sigmoid_if[t].sigmoid_()
         g[t].tanh_()
         o[t].sigmoid_()
@@ -105,7 +126,7 @@ def _forward_steps(gates: Tensor, w_t: Tensor, h0: Tensor, c0: Tensor, h_in: Ten
 
 
 def _backward_steps(grad_gates: Tensor, gates: Tensor, jac: Tensor, k: Tensor, w: Tensor, h_in: Tensor,
-                    grad_hs: Tensor | None, grad_cs: Tensor | None, h_mask: Tensor | None):
+                    grad_hs: Tensor | None, grad_cs: Tensor | None, h_mask: Tensor | None, onednn: bool = False):
     """The backward loop (csrc/recurrence.cpp is the same in C++): fills grad_gates (T, D, B, 4u) and returns the
     gradients at h0 and c0 (None where none reaches them). jac, k: _local_derivatives; w: (D, 4u, u)."""
     steps, (directions, batch, units) = gates.shape[0], h_in.shape[1:]
@@ -128,7 +149,7 @@ def _backward_steps(grad_gates: Tensor, gates: Tensor, jac: Tensor, k: Tensor, w
             dc = dh * k_t[t] if dc is None else torch.addcmul(dc, dh, k_t[t])
         torch.mul(jac_ifg[t], dc.unsqueeze(-2), out=grad_ifg[t])
         dc = dc * f[t]  # to c_{t-1}
-        dh_in, mask = torch.bmm(grad_t[t], w).to(h_in.dtype), masks[t]  # (D, B, u)
+        dh_in, mask = _products(grad_t[t], w, onednn).to(h_in.dtype), masks[t]  # (D, B, u)
     return _through_mask(None, dh_in, mask), dc
 
 

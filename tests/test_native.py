@@ -234,13 +234,42 @@ def recurrence_run(loops, compiled, shape, mask_kind, reached, monkeypatch):
     return (hs, cs, *torch.autograd.grad(loss, (x, w, h0, c0)))
 
 
+@pytest.fixture(params=["mkl", "onednn"])
+def fp32_library(request, monkeypatch):
+    """The recurrence's fp32 products in MKL (torch.bmm) or oneDNN (seq2seq.gemm's choice on an AMD CPU with
+    AVX-512), whichever CPU runs the tests."""
+    from seq2seq import gemm
+
+    monkeypatch.setenv("SEQ2SEQ_FP32_GEMM", request.param)
+    gemm.fp32_library.cache_clear()
+    yield gemm.fp32_library()
+    monkeypatch.delenv("SEQ2SEQ_FP32_GEMM")
+    gemm.fp32_library.cache_clear()
+
+
 @pytest.mark.parametrize("shape", [(20, 1, 20, 16), (7, 2, 3, 5), (1, 1, 2, 3), (4, 1, 5, 200), (3, 2, 2, 125)])
 @pytest.mark.parametrize("mask_kind", ["none", "fresh", "shared"])
 @pytest.mark.parametrize("reached", ["every h", "last c", "h and c"])
-def test_step_loops_in_cpp_equal_the_python_loops_bit_for_bit(loops, monkeypatch, shape, mask_kind, reached):
+def test_step_loops_in_cpp_equal_the_python_loops_bit_for_bit(loops, monkeypatch, fp32_library, shape, mask_kind,
+                                                              reached):
     compiled = recurrence_run(loops, True, shape, mask_kind, reached, monkeypatch)
     python = recurrence_run(loops, False, shape, mask_kind, reached, monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(compiled, python))
+
+
+@pytest.mark.parametrize("shape", [(20, 1, 20, 16), (7, 2, 3, 5), (3, 2, 2, 125)])
+def test_step_loops_products_in_onednn_are_mkls_to_fp32_rounding(loops, monkeypatch, shape):
+    """The same outputs and gradients with the recurrence's products in either library, up to their rounding."""
+    from seq2seq import gemm
+
+    runs = []
+    for library in ("mkl", "onednn"):
+        monkeypatch.setenv("SEQ2SEQ_FP32_GEMM", library)
+        gemm.fp32_library.cache_clear()
+        runs.append(recurrence_run(loops, True, shape, "fresh", "h and c", monkeypatch))
+    gemm.fp32_library.cache_clear()
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

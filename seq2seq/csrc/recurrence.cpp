@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "aten_arithmetic.h"
 
@@ -37,6 +38,22 @@ std::optional<at::Tensor> through_mask(const std::optional<at::Tensor>& grad, co
   if (!dh_in) return grad;
   if (!mask) return sum(grad, dh_in);
   return grad ? at::addcmul(*grad, *dh_in, *mask) : *dh_in * *mask;
+}
+
+// bmm(a, b) for a (D, B, k), b (D, k, n): in MKL (at::bmm), or with `onednn` a direction at a time in oneDNN's
+// linear layer, b[d] read through its transpose as the weight (no copy), as seq2seq.gemm multiplies fp32 on an
+// AMD CPU with AVX-512. Python: recurrence._products
+at::Tensor products(const at::Tensor& a, const at::Tensor& b, bool onednn) {
+  if (!onednn) return at::bmm(a, b);
+  static const auto linear = c10::Dispatcher::singleton()
+      .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                        c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>)>();
+  std::vector<at::Tensor> out;
+  for (int64_t d = 0; d < a.size(0); ++d)
+    out.push_back(linear.call(a.select(0, d), b.select(0, d).t(), std::nullopt, "none",
+                              c10::List<std::optional<at::Scalar>>(), std::nullopt));
+  return out.size() == 1 ? out[0].unsqueeze(0) : at::stack(out);
 }
 
 using seq2seq::sigmoid_row;
@@ -75,17 +92,18 @@ void cell_forward(float* gates, const float* c_prev, float* c_t, float* tanh_c_t
 }  // namespace
 
 // MaskedLSTMRecurrence.forward's loop: fills h_in, hs, cs, tanh_cs (T, D, B, u) and turns gates (T, D, B, 4u)
-// from x_proj into the activations. w_t: (D, u, 4u).
+// from x_proj into the activations. w_t: (D, u, 4u); onednn: the products in oneDNN (see products).
 void forward_steps(at::Tensor gates, const at::Tensor& w_t, const at::Tensor& h0, const at::Tensor& c0,
                    at::Tensor h_in, at::Tensor hs, at::Tensor cs, at::Tensor tanh_cs,
-                   const std::optional<at::Tensor>& h_mask) {
+                   const std::optional<at::Tensor>& h_mask, bool onednn) {
   const int64_t steps = gates.size(0), units = h0.size(-1), rows = gates.size(1) * gates.size(2);
   const bool fused = fusable({&gates, &c0, &hs, &cs, &tanh_cs});
   at::Tensor h = h0, c = c0;
   for (int64_t t = 0; t < steps; ++t) {
     at::Tensor step = gates.select(0, t), h_in_t = h_in.select(0, t);
     h = h_mask ? at::mul_out(h_in_t, h, step_of(*h_mask, t)) : h_in_t.copy_(h);
-    step.baddbmm_(h.to(w_t.scalar_type()), w_t);  // (D, B, 4u) pre-activations
+    if (onednn) step.add_(products(h.to(w_t.scalar_type()), w_t, true));  // (D, B, 4u) pre-activations
+    else step.baddbmm_(h.to(w_t.scalar_type()), w_t);
     at::Tensor c_t = cs.select(0, t), h_t = hs.select(0, t), tanh_c_t = tanh_cs.select(0, t);
     if (fused) {
       cell_forward(step.data_ptr<float>(), c.data_ptr<float>(), c_t.data_ptr<float>(), tanh_c_t.data_ptr<float>(),
@@ -116,7 +134,7 @@ std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& x) {
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_fused(
     at::Tensor grad_gates, const at::Tensor& gates, const at::Tensor& jac, const at::Tensor& k, const at::Tensor& w,
     const at::Tensor& h_in, const std::optional<at::Tensor>& grad_hs, const std::optional<at::Tensor>& grad_cs,
-    const std::optional<at::Tensor>& h_mask) {
+    const std::optional<at::Tensor>& h_mask, bool onednn) {
   const int64_t steps = gates.size(0), rows = gates.size(1) * gates.size(2), units = gates.size(3) / 4;
   const int64_t size = rows * units;
   at::Tensor dh_buffer = at::empty({gates.size(1), gates.size(2), units}, gates.options());
@@ -168,7 +186,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_
       }
     }
     has_dc = true;
-    dh_in = at::bmm(grad_t, w).to(h_in.scalar_type());  // (D, B, u)
+    dh_in = products(grad_t, w, onednn).to(h_in.scalar_type());  // (D, B, u)
     if (h_mask) mask_t = step_of(*h_mask, t);
   }
   return {through_mask(std::nullopt, dh_in, mask_t), has_dc ? std::optional<at::Tensor>(dc_buffer) : std::nullopt};
@@ -177,15 +195,15 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps_
 }  // namespace
 
 // MaskedLSTMRecurrence.backward's loop: fills grad_gates (T, D, B, 4u); returns the gradients at h0 and c0
-// (either may be absent). jac (T, D, B, 4u), k (T, D, B, u): _local_derivatives; w: (D, 4u, u).
+// (either may be absent). jac (T, D, B, 4u), k (T, D, B, u): _local_derivatives; w: (D, 4u, u); onednn as above.
 std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps(
     at::Tensor grad_gates, const at::Tensor& gates, const at::Tensor& jac, const at::Tensor& k, const at::Tensor& w,
     const at::Tensor& h_in, const std::optional<at::Tensor>& grad_hs, const std::optional<at::Tensor>& grad_cs,
-    const std::optional<at::Tensor>& h_mask) {
+    const std::optional<at::Tensor>& h_mask, bool onednn) {
   if (absent_or_float(grad_hs) && absent_or_float(grad_cs) && absent_or_float(h_mask) &&
       h_in.scalar_type() == at::kFloat && fusable({&grad_gates, &gates, &jac, &k}))
     return backward_steps_fused(grad_gates, gates, jac, k, w, h_in, contiguous(grad_hs), contiguous(grad_cs),
-                                contiguous(h_mask));
+                                contiguous(h_mask), onednn);
   const int64_t steps = gates.size(0), directions = gates.size(1), batch = gates.size(2);
   const int64_t units = gates.size(3) / 4;
   const at::Tensor jac_ifg = jac.view({steps, directions, batch, 4, units}).narrow(3, 0, 3);
@@ -212,7 +230,7 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> backward_steps(
     at::Tensor grad_ifg_t = grad_ifg.select(0, t);
     at::mul_out(grad_ifg_t, jac_ifg.select(0, t), dc->unsqueeze(-2));
     dc = *dc * gates.select(0, t).narrow(-1, units, units);  // to c_{t-1}
-    dh_in = at::bmm(grad_t, w).to(h_in.scalar_type());  // (D, B, u)
+    dh_in = products(grad_t, w, onednn).to(h_in.scalar_type());  // (D, B, u)
     mask.reset();
     if (h_mask) mask = step_of(*h_mask, t);
   }
