@@ -32,14 +32,17 @@ path's (both round the logits' gradient to bf16).
 Transposed products (where seq2seq.gemm runs fp32 products in oneDNN: an AMD CPU with AVX-512, or
 SEQ2SEQ_FP32_GEMM=onednn): a weight's gradient dW = dY^T X at the softmax layers' shapes (PTB small, medium, the
 demo) as gemm.mm took it before (oneDNN copying dY^T itself, on one thread) and as it does now (the tiled
-transposes, the cheaper way round), checked to be the same bits, then whole fp32 training steps of PTB small and
-the demo translator (benchmarks/roofline.py's) with gemm.mm the one way and the other, a step at a time in turn.
+transposes, the cheaper way round), checked to be the same bits; then whole fp32 training steps, each of the
+changes that moved products to oneDNN undone alone, a step at a time in turn: the transposes (PTB small and the demo
+translator, benchmarks/roofline.py's steps), attention's products (gemm.trainable_linear; the demo), and PTB small
+`variational` (dropout 0.5) with its input projections, then its recurrent products, back in MKL.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 
@@ -301,20 +304,49 @@ def transposed_products(repeats: int) -> None:
             print(f"    {where:<16} {alternating(product, repeats, buffer, labels=('before', 'now'))}")
     import roofline  # benchmarks/roofline.py: its training steps, as its table times them
 
-    print("whole fp32 training steps with gemm.mm before and now, median ms")
-    for name in ("ptb-small", "demo"):
-        step = roofline.WORKLOADS[name](False, torch.device("cpu"))[0]
-        mm = gemm.mm
+    print("whole fp32 training steps, each change to the products alone, before and now, median ms")
+    variational = dataclasses.replace(LM_PRESETS["small"]().model, dropout_mode="variational", dropout=0.5)
+    changes = [  # (workload, what changed, module, attribute, its earlier value)
+        ("ptb-small", "dY^T X transposes", gemm, "mm", mm_before),
+        ("demo", "dY^T X transposes", gemm, "mm", mm_before),
+        ("demo", "attention's products", gemm._Linear, "apply", torch.nn.functional.linear),
+        ("variational", "input projections", gemm._Linear, "apply", torch.nn.functional.linear),
+        ("variational", "recurrent products", recurrence, "_onednn", lambda w: False)]
+    for name, what, module, attribute, earlier in changes:
+        step = (ptb_step(variational) if name == "variational" else roofline.WORKLOADS[name](False, torch.device("cpu"))[0])
+        current = getattr(module, attribute)
 
         def run(now: bool):
-            gemm.mm = mm if now else mm_before
+            setattr(module, attribute, current if now else earlier)
             try:
                 step()
             finally:
-                gemm.mm = mm
+                setattr(module, attribute, current)
 
-        steps = 3 * repeats if name == "ptb-small" else repeats
-        print(f"  {name:<10} fp32: {interleaved(run, steps, labels=('before', 'now'))}")
+        steps = repeats if name == "demo" else 3 * repeats
+        print(f"  {name:<11} {what:<22} {interleaved(run, steps, labels=('before', 'now'))}")
+
+
+def ptb_step(config):
+    """A PTB small fp32 training step of a model with `config` (SGD, clipping, random windows), for timing."""
+    t = LM_PRESETS["small"]().training
+    model = LanguageModel(config).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    sparse_grad.enable(model, optimizer, "cpu")
+    windows = torch.randint(0, config.vocab_size, (16, t.unroll + 1, t.batch_size),
+                            generator=torch.Generator().manual_seed(0))
+    count, state = [0], [model.zero_state(t.batch_size)]
+
+    def step():
+        tokens, count[0] = windows[count[0] % len(windows)], count[0] + 1
+        nll, hidden = model(tokens[:-1], state[0], tokens[1:])
+        state[0] = tuple(h.detach() for h in hidden)
+        (nll / t.batch_size).backward()
+        clip_grad_norm(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def main() -> None:

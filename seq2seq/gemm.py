@@ -121,7 +121,7 @@ def describe() -> str | None:
     """The log's line where the fp32 products leave MKL, else None."""
     if fp32_library() != "onednn":
         return None
-    return "fp32 softmax products: oneDNN (seq2seq.gemm; MKL takes a slower path on this CPU)"
+    return "fp32 matrix products (softmax, attention, step loops, search): oneDNN (seq2seq.gemm; MKL is slower here)"
 
 
 def announce(say, device: torch.device, mixed_precision: str) -> None:

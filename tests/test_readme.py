@@ -61,6 +61,16 @@ def test_sparse_embedding_rerun_is_the_fp32_record():
         (e["train_ppl"], e["valid_ppl"]) for e in dense["epochs"]]
     assert sparse["test_ppl"] == dense["test_ppl"] and repr(sparse["test_ppl"]) in README
 
+def test_onednn_transposes_rerun_is_the_epyc_fp32_record():
+    """seq2seq.gemm's transposes (dW = dY^T X the other way round, the tiled kernel) change no bit: the full PTB small
+    fp32 run on the EPYC repeats that CPU's fp32 record epoch by epoch, and the README says so."""
+    before, after = record("ptb-small-fp32-epyc.json"), record("ptb-small-fp32-epyc-transposes.json")
+    assert before["speed"]["fp32_gemm"] == after["speed"]["fp32_gemm"] == "onednn"
+    assert [(e["train_ppl"], e["valid_ppl"]) for e in after["epochs"]] == [
+        (e["train_ppl"], e["valid_ppl"]) for e in before["epochs"]]
+    assert after["test_ppl"] == before["test_ppl"] and "results/ptb-small-fp32-epyc-transposes.json" in README
+
+
 def demo_rows() -> list[list[str]]:
     """The cells of every demo table row (bold marks and backticks removed) whose last cell names its record."""
     rows = []

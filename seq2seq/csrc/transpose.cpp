@@ -3,7 +3,8 @@
 //
 // seq2seq.gemm takes a weight's gradient dW = dY^T X as (X^T dY)^T on oneDNN, whose result (H, V) must then be
 // laid out as the weight's (V, H). ATen's transposing copy does that on one thread in 60 x 60 blocks: PTB small's
-// (200 x 10,000) took 1.1 ms alone and 1.75 ms inside a training step. Here tiles of 16 x 16 go to both cores.
+// (200 x 10,000) took 1.1 ms alone and 1.75 ms inside a training step. Here 64 x 64 tiles (16 KB, in L1; 16 and
+// 128 were slower) go to both cores: 0.6 ms.
 // A copy: every value moves unchanged.
 
 #include <torch/extension.h>
