@@ -229,6 +229,7 @@ CATEGORIES = {  # op name -> what it is, for the training breakdown
     "aten::mkldnn_rnn_layer_backward": "oneDNN LSTM layers (their products and cell)",
     "aten::mkldnn_rnn": "oneDNN LSTM layers (their products and cell)",
     "aten::copy_": "dtype casts and copies", "aten::_to_copy": "dtype casts and copies",
+    "seq2seq::transpose_kernel": "dtype casts and copies",
     **{name: "dropout masks (random doubles, compared with 1 - p)" for name in ("aten::uniform_", "aten::bernoulli_",
                                                                                  "aten::lt", "seq2seq::dropout_mask_kernel")},
     "seq2seq::softmax_loss_kernel": "compiled bf16 softmax (loss, gradient)",

@@ -76,7 +76,10 @@ def transposed(x: Tensor) -> Tensor:
     """x (R, C) as a new contiguous (C, R): the compiled tiled transpose for an fp32 CPU matrix with unit column
     stride (seq2seq.native; 0.6 against ATen's 1.1-1.7 ms for PTB's (200 x 10,000)), else torch's copy."""
     kernel = transpose_kernel() if x.is_cpu and x.dtype == torch.float32 and x.stride(1) == 1 else None
-    return kernel.transposed(x) if kernel is not None else x.t().contiguous()
+    if kernel is None:
+        return x.t().contiguous()
+    with torch.profiler.record_function("seq2seq::transpose_kernel"):  # named in profiles (benchmarks/roofline.py)
+        return kernel.transposed(x)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
