@@ -313,7 +313,9 @@ def transposed_products(repeats: int) -> None:
         ("variational", "input projections", gemm._Linear, "apply", torch.nn.functional.linear),
         ("variational", "recurrent products", recurrence, "_onednn", lambda w: False)]
     for name, what, module, attribute, earlier in changes:
-        step = (ptb_step(variational) if name == "variational" else roofline.WORKLOADS[name](False, torch.device("cpu"))[0])
+        cpu = torch.device("cpu")
+        step = (roofline.ptb("small", False, cpu, variational) if name == "variational"
+                else roofline.WORKLOADS[name](False, cpu))[0]
         current = getattr(module, attribute)
 
         def run(now: bool):
@@ -325,28 +327,6 @@ def transposed_products(repeats: int) -> None:
 
         steps = repeats if name == "demo" else 3 * repeats
         print(f"  {name:<11} {what:<22} {interleaved(run, steps, labels=('before', 'now'))}")
-
-
-def ptb_step(config):
-    """A PTB small fp32 training step of a model with `config` (SGD, clipping, random windows), for timing."""
-    t = LM_PRESETS["small"]().training
-    model = LanguageModel(config).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    sparse_grad.enable(model, optimizer, "cpu")
-    windows = torch.randint(0, config.vocab_size, (16, t.unroll + 1, t.batch_size),
-                            generator=torch.Generator().manual_seed(0))
-    count, state = [0], [model.zero_state(t.batch_size)]
-
-    def step():
-        tokens, count[0] = windows[count[0] % len(windows)], count[0] + 1
-        nll, hidden = model(tokens[:-1], state[0], tokens[1:])
-        state[0] = tuple(h.detach() for h in hidden)
-        (nll / t.batch_size).backward()
-        clip_grad_norm(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:

@@ -77,10 +77,11 @@ def timed(step, steps: int, device: torch.device = CPU) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def ptb(name: str, bf16: bool, device: torch.device = CPU):
+def ptb(name: str, bf16: bool, device: torch.device = CPU, model_config=None):
+    """A PTB training step of the preset `name` (its model, or `model_config` in its place)."""
     preset = LM_PRESETS[name]()
     t = preset.training
-    model = LanguageModel(preset.model).to(device).train()
+    model = LanguageModel(model_config or preset.model).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     sparse_grad.enable(model, optimizer, device)  # as recipes/ptb_lm.py trains
     # A new window every step, as in training: one window over and over at lr 1 is memorised until its

@@ -64,7 +64,7 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
                 _forward_steps(gates, w_t, h0, c0, h_in, hs, cs, tanh_cs, h_mask, onednn)
         ctx.save_for_backward(w, c0, h_mask, gates, h_in, hs, cs, tanh_cs)
         ctx.set_materialize_grads(False)
-        ctx.w_dtype = w_hh.dtype
+        ctx.w_dtype, ctx.onednn = w_hh.dtype, onednn
         return hs, cs
 
     @staticmethod
@@ -76,7 +76,7 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
             grad_gates = torch.empty_like(gates)  # (T, D, B, 4u)
             kernel = recurrence_kernel() if gates.device.type == "cpu" else None
             steps_backward = kernel.backward_steps if kernel is not None else _backward_steps
-            onednn = _onednn(w)
+            onednn = ctx.onednn  # the forward's library, so that both halves of the node use one
             grad_h0, grad_c0 = steps_backward(grad_gates, gates, jac, k, w, h_in, grad_hs, grad_cs, h_mask, onednn)
             grad_w = None
             if ctx.needs_input_grad[1]:  # sum over steps and batch of d a^T h_in: (D, 4u, T*B) x (D, T*B, u)

@@ -176,5 +176,5 @@ def speed_record(units_per_second: float, per_step_units: float, products: list[
               "efficiency": units_per_second / ceiling, "precision": precision,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": device}
     if torch.device(device).type == "cpu":
-        record["fp32_gemm"] = fp32_library()  # MKL or oneDNN for the softmax layer's fp32 products (seq2seq.gemm)
+        record["fp32_gemm"] = fp32_library()  # MKL or oneDNN for the fp32 products (seq2seq.gemm)
     return record
