@@ -6,9 +6,10 @@ compared with nn.Linear + F.cross_entropy: forward keeps only the probabilities,
 them in place into d loss / d logits = p - onehot(y).
 
 Under bf16 autocast on a CPU the products give bf16 logits, and the loss and its gradient are read straight from
-them by a compiled kernel (seq2seq.native, csrc/softmax_loss.cpp): one pass forward, one backward, instead of the
-eager path's ten over fp32 logits twice the size (PTB small's layer, forward and backward with its three products,
-logits from memory as in a step: 11.2-12.1 against 13.7-14.4 ms; `benchmarks/native_speed.py`).
+them by a compiled kernel (seq2seq.native, csrc/softmax_loss.cpp): in training one pass in the forward that
+writes the loss and the gradient, instead of the eager path's ten over fp32 logits twice the size (PTB small's
+layer, forward and backward with its three products, logits from memory as in a step: 11.2-12.1 against
+13.7-14.4 ms with a pass forward and another backward; `benchmarks/native_speed.py`).
 
 In fp32 on a CPU the forward's seven passes over the logits (bias, target, max, subtract, exp, sum, divide) run one
 row at a time in a compiled kernel (csrc/softmax_fp32.cpp), while the row is in cache, with ATen's own arithmetic:
@@ -78,35 +79,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 class _BF16LinearCrossEntropy(torch.autograd.Function):
-    """The same loss with bf16 products and the softmax's element-wise work in the compiled kernel (CPU)."""
+    """The same loss with bf16 products and the softmax's element-wise work in the compiled kernel (CPU).
+
+    In training the kernel's one pass over the logits also writes the gradient d loss / d logits over them (the
+    exponentials once, not again in the backward); the backward's products apply d total / d loss as their
+    scale (alpha), in fp32 before their bf16 results are rounded."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, smoothing: float,
-                keep: Tensor | None) -> Tensor:
+                keep: Tensor | None, with_gradient: bool) -> Tensor:
         kernel = softmax_loss_kernel()
         h_cast, weight_cast = h.to(torch.bfloat16), weight.to(torch.bfloat16)  # kept for the backward products
         logits = torch.mm(h_cast, weight_cast.t())  # (N, V) bf16, without the bias
-        bias32 = bias.float().contiguous()
+        bias32, targets = bias.float().contiguous(), targets.contiguous()
+        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
         with torch.profiler.record_function("seq2seq::softmax_loss_kernel"):  # named in profiles
-            log_z, loss = kernel.forward(logits, bias32, targets.contiguous(), smoothing)  # each (N,)
+            if with_gradient:  # logits become d sum_i keep_i loss_i / d logits (N, V) bf16
+                scale = keep.reshape(-1).contiguous() if keep is not None else torch.ones(len(targets))
+                loss, grad_bias = kernel.loss_and_gradient(logits, bias32, targets, scale, smoothing)  # (N,), (V,)
+                ctx.save_for_backward(h_cast, weight_cast, logits, grad_bias)
+            else:
+                _, loss = kernel.forward(logits, bias32, targets, smoothing)  # (N,)
         if keep is not None:
             loss = loss * keep.reshape(-1)
-        ctx.save_for_backward(h_cast, weight_cast, bias32, targets, logits, log_z, keep)
-        ctx.dtypes, ctx.smoothing = (h.dtype, weight.dtype, bias.dtype), smoothing
         return loss.sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        h_cast, weight_cast, bias32, targets, logits, log_z, keep = ctx.saved_tensors
-        scale = grad.float().expand(len(targets))  # (N,): d total / d loss_i
-        scale = (scale * keep.reshape(-1) if keep is not None else scale).contiguous()
-        with torch.profiler.record_function("seq2seq::softmax_loss_kernel"):
-            grad_logits, grad_bias = softmax_loss_kernel().backward(logits, bias32, targets.contiguous(), log_z, scale,
-                                                                    ctx.smoothing)  # (N, V) bf16, (V,) fp32
-        grad_h = grad_logits @ weight_cast  # (N, H)
-        grad_weight = grad_logits.t() @ h_cast  # (V, H)
-        return (grad_h.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1]), grad_bias.to(ctx.dtypes[2]),
-                None, None, None)
+        h_cast, weight_cast, grad_logits, grad_bias = ctx.saved_tensors
+        scale, unused = float(grad), grad_logits.new_zeros(())  # addmm's input, ignored with beta=0
+        grad_h = torch.addmm(unused, grad_logits, weight_cast, beta=0, alpha=scale)  # (N, H)
+        grad_weight = torch.addmm(unused, grad_logits.t(), h_cast, beta=0, alpha=scale)  # (V, H)
+        return (grad_h.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1]), (grad_bias * scale).to(ctx.dtypes[2]),
+                None, None, None, None)
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, label_smoothing: float = 0.0,
@@ -126,5 +131,6 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor, targets: Tenso
         targets = targets.masked_fill(targets == ignore_index, 0)
     with torch.autocast(device, enabled=False):
         if dtype == torch.bfloat16 and device == "cpu" and softmax_loss_kernel() is not None:
-            return _BF16LinearCrossEntropy.apply(h, weight, bias, targets, label_smoothing, keep)
+            with_gradient = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias))
+            return _BF16LinearCrossEntropy.apply(h, weight, bias, targets, label_smoothing, keep, with_gradient)
         return _LinearCrossEntropy.apply(h, weight, bias, targets, dtype, label_smoothing, keep)

@@ -1,11 +1,13 @@
-// Cross-entropy read straight from bf16 logits: the loss and its gradient in one pass each over the (N, V)
-// logits, for bf16 autocast on a CPU (seq2seq/softmax.py, built on first use by seq2seq/native.py).
+// Cross-entropy read straight from bf16 logits, for bf16 autocast on a CPU (seq2seq/softmax.py, built on first use
+// by seq2seq/native.py).
 //
 // The eager path widens the bf16 logits to fp32 and makes about ten passes over those 16 MB (PTB small: N = 400,
 // V = 10,000): bias, max, subtract, exp, sum, divide, the target's -1, the gradient's cast back to bf16 and the
-// bias gradient's column sum. Here the forward reads the 8 MB of bf16 logits once and keeps only each row's
-// log-partition; the backward reads them once more, recomputes p = exp(z - log Z) and writes the bf16 gradient
-// and the bias gradient's column sums in the same pass.
+// bias gradient's column sum. Here one pass over each row does all of it while the row is in cache: in training
+// (`loss_and_gradient`) it writes each row's loss and, over the logits, the bf16 gradient of the loss, with the
+// bias gradient's column sums in the same pass; the exponentials are computed once, in the forward, since the
+// gradient of a loss is known as soon as the loss is (its scale, d total / d loss, is applied by the caller to
+// the products that read it). For evaluation `forward` gives the loss alone.
 //
 // Arithmetic is fp32 throughout, in a fixed order: sums over a row run in 16 lanes, column sums over fixed
 // blocks of rows, so a result does not depend on the number of threads. exp is Cephes' single-precision
@@ -25,35 +27,75 @@ namespace {
 constexpr int64_t kLanes = 16;      // one AVX-512 register of floats
 constexpr int64_t kBlockRows = 32;  // rows whose column sums are added together before the blocks are
 
-inline float widen(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+// 16 lanes in registers (GCC's vector extension: one AVX-512 register, two AVX2 ones): the row loops below keep
+// their running maxima and sums here, not in arrays the compiler would reload and store at every step
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint32_t LaneWords __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t LaneHalves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+template <typename To, typename From>
+inline To bits_as(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
+}
+
+inline float widen(uint16_t bits) { return bits_as<float>(static_cast<uint32_t>(bits) << 16); }
+
+template <typename T>
+inline T load_from(const void* address) {  // at any alignment
+  T value;
+  std::memcpy(&value, address, sizeof value);
+  return value;
+}
+
+inline Lanes widen(const uint16_t* bits) {  // 16 bf16 values at bits
+  return bits_as<Lanes>(__builtin_convertvector(load_from<LaneHalves>(bits), LaneWords) << 16);
 }
 
 inline uint16_t narrow(float f) {  // round to nearest even, as torch's float -> bfloat16 cast (finite inputs)
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
+  const uint32_t u = bits_as<uint32_t>(f);
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-inline float exp_approx(float x) {  // Cephes expf: e^x = 2^n e^r, |r| <= ln 2 / 2
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+inline void narrow(Lanes f, uint16_t* out) {  // 16 values, rounded as above, to out
+  const LaneWords u = bits_as<LaneWords>(f);
+  const LaneHalves h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, LaneHalves);
+  std::memcpy(out, &h, sizeof h);
+}
+
+inline Lanes load(const float* x) { return load_from<Lanes>(x); }
+inline void store(Lanes value, float* x) { std::memcpy(x, &value, sizeof value); }
+inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
+inline LaneInts to_int(Lanes x) { return __builtin_convertvector(x, LaneInts); }
+inline float splat(float c, float) { return c; }
+inline Lanes splat(float c, Lanes) { return Lanes{} + c; }
+inline float larger(float a, float b) { return a > b ? a : b; }
+inline Lanes larger(Lanes a, Lanes b) { return a > b ? a : b; }
+
+template <typename T>  // float or Lanes, lane by lane the same arithmetic
+inline T exp_approx(T x) {  // Cephes expf: e^x = 2^n e^r, |r| <= ln 2 / 2
+  x = larger(x, splat(-87.0f, x));
+  x = x > 88.0f ? splat(88.0f, x) : x;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + magic) - magic;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  const T n = (x * 1.44269504088896341f + magic) - magic;
+  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  T p = splat(1.9875691500e-4f, x);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof scale);
-  return p * scale;
+  return p * bits_as<T>((to_int(n) + 127) << 23);
+}
+
+inline float lane_sum(Lanes x) {  // lane 0 + lane 1 + ... in order
+  float sum = x[0];
+  for (int64_t k = 1; k < kLanes; ++k) sum += x[k];
+  return sum;
 }
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets) {
@@ -70,6 +112,49 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Te
   }
 }
 
+// z = row + b (fp32, into z); returns the row's peak and its sum, over 16 lanes then across them.
+inline void widen_row(const uint16_t* row, const float* b, float* z, int64_t v, float& row_peak, float& row_sum) {
+  const int64_t full = v - v % kLanes;
+  Lanes peak = splat(-std::numeric_limits<float>::max(), Lanes{}), sum_z = Lanes{};
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const Lanes zj = widen(row + j) + load(b + j);
+    store(zj, z + j);
+    peak = larger(zj, peak);
+    sum_z += zj;
+  }
+  for (int64_t j = full; j < v; ++j) {  // the last V mod 16 columns
+    z[j] = widen(row[j]) + b[j];
+    peak[j - full] = larger(z[j], peak[j - full]);
+    sum_z[j - full] += z[j];
+  }
+  row_peak = peak[0], row_sum = lane_sum(sum_z);
+  for (int64_t k = 1; k < kLanes; ++k) row_peak = larger(peak[k], row_peak);
+}
+
+// sum_j exp(z_j - peak), over 16 lanes then across them; with kKeep each z_j is replaced by its exp(z_j - peak).
+template <bool kKeep>
+inline float sum_exp(float* z, int64_t v, float row_peak) {
+  const int64_t full = v - v % kLanes;
+  Lanes total = Lanes{};
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const Lanes e = exp_approx(load(z + j) - row_peak);
+    if (kKeep) store(e, z + j);
+    total += e;
+  }
+  for (int64_t j = full; j < v; ++j) {
+    const float e = exp_approx(z[j] - row_peak);
+    if (kKeep) z[j] = e;
+    total[j - full] += e;
+  }
+  return lane_sum(total);
+}
+
+// log Z from a row's peak and sum of exps; NaN where the row held a NaN or an infinity.
+inline float log_partition(float row_total, float row_peak, float row_sum) {
+  const float lz = std::log(row_total) + row_peak;
+  return std::isfinite(row_sum) && std::isfinite(lz) ? lz : std::numeric_limits<float>::quiet_NaN();
+}
+
 }  // namespace
 
 // logits (N, V) bf16, bias (V) fp32, targets (N) int64 in [0, V) ->
@@ -77,7 +162,7 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Te
 std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets,
                                 double smoothing) {
   check_inputs(logits, bias, targets);
-  const int64_t n = logits.size(0), v = logits.size(1), full = v - v % kLanes;
+  const int64_t n = logits.size(0), v = logits.size(1);
   auto log_z = at::empty({n}, bias.options());
   auto loss = at::empty({n}, bias.options());
   const auto* l = reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>());
@@ -89,30 +174,9 @@ std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& bias
   at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> z(v);
     for (int64_t i = begin; i < end; ++i) {
-      const uint16_t* row = l + i * v;
-      float peak[kLanes], sum_z[kLanes], total[kLanes];
-      for (int64_t k = 0; k < kLanes; ++k) peak[k] = -std::numeric_limits<float>::max(), sum_z[k] = 0.0f, total[k] = 0.0f;
-      for (int64_t j = 0; j < v; ++j) z[j] = widen(row[j]) + b[j];
-      for (int64_t j = 0; j < full; j += kLanes) {
-        for (int64_t k = 0; k < kLanes; ++k) {
-          peak[k] = z[j + k] > peak[k] ? z[j + k] : peak[k];
-          sum_z[k] += z[j + k];
-        }
-      }
-      for (int64_t j = full; j < v; ++j) {  // the last V mod 16 columns
-        peak[j - full] = z[j] > peak[j - full] ? z[j] : peak[j - full];
-        sum_z[j - full] += z[j];
-      }
-      float row_peak = peak[0], row_sum = sum_z[0];
-      for (int64_t k = 1; k < kLanes; ++k) row_peak = peak[k] > row_peak ? peak[k] : row_peak, row_sum += sum_z[k];
-      for (int64_t j = 0; j < full; j += kLanes) {
-        for (int64_t k = 0; k < kLanes; ++k) total[k] += exp_approx(z[j + k] - row_peak);
-      }
-      for (int64_t j = full; j < v; ++j) total[j - full] += exp_approx(z[j] - row_peak);
-      float row_total = 0.0f;
-      for (int64_t k = 0; k < kLanes; ++k) row_total += total[k];
-      float lz = std::log(row_total) + row_peak;
-      if (!std::isfinite(row_sum) || !std::isfinite(lz)) lz = std::numeric_limits<float>::quiet_NaN();
+      float row_peak, row_sum;
+      widen_row(l + i * v, b, z.data(), v, row_peak, row_sum);
+      const float lz = log_partition(sum_exp<false>(z.data(), v, row_peak), row_peak, row_sum);
       log_z_out[i] = lz;
       loss_out[i] = (1.0f - eps) * (lz - z[y[i]]) + eps * (lz - row_sum / static_cast<float>(v));
     }
@@ -120,41 +184,52 @@ std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& bias
   return {log_z, loss};
 }
 
-// The gradient of sum_i scale_i loss_i: d logits (N, V) bf16 = scale_i (p_iv - eps / V - (1 - eps) [v = y_i]),
-// and d bias (V) fp32, its column sums in fp32 before rounding.
-std::vector<at::Tensor> backward(const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets,
-                                 const at::Tensor& log_z, const at::Tensor& scale, double smoothing) {
+// The same loss rows, and in place of the logits the gradient of sum_i scale_i loss_i, in bf16:
+// d z_iv = scale_i (p_iv - eps / V - (1 - eps) [v = y_i]), p = softmax(z); returns (loss (N), d bias (V)), the bias
+// gradient's column sums taken in fp32 before rounding.
+std::vector<at::Tensor> loss_and_gradient(at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets,
+                                          const at::Tensor& scale, double smoothing) {
   check_inputs(logits, bias, targets);
-  TORCH_CHECK(log_z.is_contiguous() && scale.is_contiguous() && log_z.numel() == logits.size(0) &&
-              scale.numel() == logits.size(0) && log_z.scalar_type() == at::kFloat &&
-              scale.scalar_type() == at::kFloat, "log_z and scale must be contiguous (N,) float32 tensors");
+  TORCH_CHECK(scale.is_contiguous() && scale.numel() == logits.size(0) && scale.scalar_type() == at::kFloat,
+              "scale must be a contiguous (N,) float32 tensor");
   const int64_t n = logits.size(0), v = logits.size(1), blocks = (n + kBlockRows - 1) / kBlockRows;
-  auto grad = at::empty_like(logits);
+  auto loss = at::empty({n}, bias.options());
   auto partial = at::zeros({blocks, v}, bias.options());  // each block's column sums
-  const auto* l = reinterpret_cast<const uint16_t*>(logits.data_ptr<at::BFloat16>());
-  auto* g = reinterpret_cast<uint16_t*>(grad.data_ptr<at::BFloat16>());
+  auto* l = reinterpret_cast<uint16_t*>(logits.data_ptr<at::BFloat16>());
   const float* b = bias.data_ptr<float>();
   const int64_t* y = targets.data_ptr<int64_t>();
-  const float* lz = log_z.data_ptr<float>();
   const float* s = scale.data_ptr<float>();
+  float* loss_out = loss.data_ptr<float>();
   float* columns = partial.data_ptr<float>();
   const float eps = static_cast<float>(smoothing), off = eps / static_cast<float>(v);
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> z(v);
     for (int64_t block = first; block < last; ++block) {
       float* column = columns + block * v;
       for (int64_t i = block * kBlockRows; i < std::min(n, (block + 1) * kBlockRows); ++i) {
-        const uint16_t* row = l + i * v;
-        uint16_t* out = g + i * v;
-        const float shift = lz[i], si = s[i];
+        uint16_t* row = l + i * v;
         const int64_t yi = y[i];
-        for (int64_t j = 0; j < v; ++j) {
-          const float d = (exp_approx(widen(row[j]) + b[j] - shift) - off) * si;
-          out[j] = narrow(d);
+        float row_peak, row_sum;
+        widen_row(row, b, z.data(), v, row_peak, row_sum);
+        const float target_z = z[yi];
+        const float row_total = sum_exp<true>(z.data(), v, row_peak);  // z now holds exp(z - peak)
+        const float lz = log_partition(row_total, row_peak, row_sum);
+        loss_out[i] = (1.0f - eps) * (lz - target_z) + eps * (lz - row_sum / static_cast<float>(v));
+        const float inverse = 1.0f / row_total, si = s[i];
+        const int64_t full = v - v % kLanes;
+        for (int64_t j = 0; j < full; j += kLanes) {
+          const Lanes d = (load(z.data() + j) * inverse - off) * si;
+          narrow(d, row + j);
+          store(load(column + j) + d, column + j);
+        }
+        for (int64_t j = full; j < v; ++j) {
+          const float d = (z[j] * inverse - off) * si;
+          row[j] = narrow(d);
           column[j] += d;
         }
-        const float p = (exp_approx(widen(row[yi]) + b[yi] - shift) - off) * si;
+        const float p = (z[yi] * inverse - off) * si;
         const float d = p - (1.0f - eps) * si;
-        out[yi] = narrow(d);
+        row[yi] = narrow(d);
         column[yi] += d - p;
       }
     }
@@ -164,10 +239,11 @@ std::vector<at::Tensor> backward(const at::Tensor& logits, const at::Tensor& bia
   for (int64_t block = 0; block < blocks; ++block) {  // in order, whatever the number of threads
     for (int64_t j = 0; j < v; ++j) total[j] += columns[block * v + j];
   }
-  return {grad, grad_bias};
+  return {loss, grad_bias};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "log Z and per-row loss from bf16 logits");
-  m.def("backward", &backward, "bf16 gradient of the logits and the bias gradient");
+  m.def("loss_and_gradient", &loss_and_gradient,
+        "per-row loss, the bf16 gradient written over the logits and the bias gradient");
 }
