@@ -73,7 +73,7 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
 
 @functools.cache
 def softmax_loss_kernel():
-    """The compiled bf16 cross-entropy (forward, backward), or None."""
+    """The compiled bf16 cross-entropy (the loss; in training the loss and its gradient in one pass), or None."""
     return load("softmax_loss", "bf16 softmax kernel")
 
 
