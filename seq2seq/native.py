@@ -74,7 +74,7 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
 @functools.cache
 def softmax_loss_kernel():
     """The compiled bf16 cross-entropy (the loss; in training the loss and its gradient in one pass), or None."""
-    return load("softmax_loss", "bf16 softmax kernel")
+    return load("softmax_loss", "bf16 softmax kernel", header_flags("lanes.h"))
 
 
 @functools.cache
@@ -98,7 +98,7 @@ def recurrence_kernel():
 @functools.cache
 def search_cell_kernel():
     """The compiled search-step LSTM cell (cell, unique_rows), or None."""
-    return load("search_cell", "search-cell kernel", aten_arithmetic_flags())
+    return load("search_cell", "search-cell kernel", aten_arithmetic_flags() + header_flags("lanes.h"))
 
 
 @functools.cache
@@ -121,6 +121,11 @@ def aten_arithmetic_flags() -> tuple[str, ...]:
 
     capability = torch.backends.cpu.get_cpu_capability()
     isa = (f"-DCPU_CAPABILITY_{capability}",) if capability in ISA_FLAGS else ()
-    # the shared header's digest among the flags: torch's build cache hashes sources and flags, not headers
-    header = hashlib.sha1((SOURCES / "aten_arithmetic.h").read_bytes()).hexdigest()[:12]
-    return (*isa, "-ffp-contract=off", f"-DSEQ2SEQ_ATEN_ARITHMETIC_H={header}")
+    return (*isa, "-ffp-contract=off", *header_flags("aten_arithmetic.h"))
+
+
+def header_flags(header: str) -> tuple[str, ...]:
+    """A define holding the digest of csrc/<header>, for a kernel that includes it: torch's build cache hashes
+    sources and flags, not headers, so a changed header rebuilds its kernels this way."""
+    digest = hashlib.sha1((SOURCES / header).read_bytes()).hexdigest()[:12]
+    return (f"-DSEQ2SEQ_{header.replace('.', '_').upper()}={digest}",)

@@ -231,8 +231,8 @@ class Translator(nn.Module):
             feed = state.feed if state.rows is None else state.feed[state.rows]  # (N, H)
             weight_feed = self.products.weight(self.decoder.layers[0].weight_ih_l0)[:, self.config.embedding_size:]
             gates, rows = linear(feed, weight_feed, gates.index_select(0, tokens)), None  # (N, 4H)
-        top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates,
-                                   parents=state.rows, linear=linear, first_rows=rows)  # top: (N, H)
+        top, (h, c) = decoder_step(self.decoder, None, (state.h, state.c), first_gates=gates, parents=state.rows,
+                                   linear=linear, first_rows=rows, exact=self.products.dtype is None)  # top: (N, H)
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1])  # (B, R, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True,
@@ -273,7 +273,8 @@ class Translator(nn.Module):
 @torch.no_grad()  # for search: the cell works in place (seq2seq.lstm.lstm_pointwise)
 def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Tensor],
                  first_gates: Tensor | None = None, parents: Tensor | None = None,
-                 linear=nn.functional.linear, first_rows: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                 linear=nn.functional.linear, first_rows: Tensor | None = None,
+                 exact: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """One time step of a unidirectional StackedLSTM without dropout, for search.
 
     x: (N, input_size), or None with first_gates (N, 4H) = W_ih x + b_ih + b_hh of layer 0 already
@@ -285,7 +286,8 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
     Two matrix products and the element-wise cell per layer: at one step nn.LSTM's per-call overhead
     is a third of the work. With fp32 states on a CPU the compiled search cell (seq2seq/csrc/search_cell.cpp)
     does a layer's row gathers, sum and cell in one pass and finds the distinct parents without a sort, to
-    the same bits. Returns the top output (N, H) and the new state.
+    the same bits; with exact=False (bf16 search, its products rounded to bf16 already) its activations are
+    faster approximations, within ~2e-7 of torch's. Returns the top output (N, H) and the new state.
     """
     kernel = search_cell_kernel() if state[1].device.type == "cpu" and state[1].dtype == torch.float32 else None
     if first_rows is not None and (kernel is None or parents is None):  # the kernel looks rows up itself
@@ -311,7 +313,8 @@ def decoder_step(decoder: StackedLSTM, x: Tensor | None, state: tuple[Tensor, Te
         else:  # W_hh h once per distinct parent (D, 4H); row inverse[n] of it, plus the input half, is row n's
             hh, inputs = linear(h if distinct is None else h.index_select(0, distinct), layer.weight_hh_l0), gates
         if kernel is not None:  # gathers, sum and cell in one pass
-            kernel.cell(hh, None if inputs is None else inverse, inputs, gate_rows, c, parents, hs[index], cs[index])
+            kernel.cell(hh, None if inputs is None else inverse, inputs, gate_rows, c, parents, hs[index], cs[index],
+                        exact)
             x = hs[index]
         else:
             if inputs is not None:  # one row per hypothesis (N, 4H), the input half added into that fresh copy

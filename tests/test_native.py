@@ -331,6 +331,28 @@ def test_search_cell_equals_the_eager_gathers_and_cell_bit_for_bit(cells, units,
     assert torch.equal(c, c_before)  # the previous state is read, not written
 
 
+@pytest.mark.parametrize("units", [1, 16, 37, 256])
+def test_approximate_search_cell_is_within_float_rounding_of_the_exact_one(cells, units):
+    """exact=False (bf16 search): lanes.h's sigmoid and tanh, over 16 lanes and a scalar tail, agree with ATen's to
+    ~2e-7 (float64 reference) over ordinary and saturated gates, and saturate to the same 0, 1 and -1."""
+    generator = torch.Generator().manual_seed(units)
+    hh = torch.randn(50, 4 * units, generator=generator) * 4
+    hh[0] = 100.0  # every gate saturated high: i = f = o = 1, g = 1
+    hh[1] = -100.0  # low: i = f = o = 0, g = -1
+    c = torch.randn(50, units, generator=generator) * 2
+    exact, approximate = [(torch.empty(50, units), torch.empty(50, units)) for _ in range(2)]
+    cells.cell(hh, None, None, None, c, None, *exact)
+    cells.cell(hh, None, None, None, c, None, *approximate, False)
+    i, f, g, o = hh.double().chunk(4, -1)
+    c_ref = f.sigmoid() * c.double() + i.sigmoid() * g.tanh()
+    h_ref = c_ref.tanh() * o.sigmoid()
+    for (h_out, c_out) in (exact, approximate):
+        torch.testing.assert_close(c_out.double(), c_ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(h_out.double(), h_ref, rtol=0, atol=1e-6)
+    assert torch.equal(approximate[1][0], c[0] + 1) and bool(approximate[1][1].abs().max() < 1e-30)
+    assert bool(approximate[0][1].abs().max() < 1e-30)
+
+
 def test_search_cell_does_not_depend_on_the_thread_count(cells):
     generator = torch.Generator().manual_seed(3)
     hh, c = torch.randn(200, 4 * 256, generator=generator), torch.randn(64, 256, generator=generator)
@@ -373,7 +395,8 @@ def test_search_cell_refuses_bad_indices_and_dtypes(cells):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, monkeypatch, variant, dtype):
     """Every hypothesis, score and alignment of a batched beam search, kernel on and off, in fp32 and with the
-    bf16 products of seq2seq.products (whose cell stays fp32)."""
+    bf16 products of seq2seq.products (whose cell stays fp32, and takes the kernel's approximate activations:
+    the same hypotheses, scores within float rounding)."""
     from seq2seq import translator
     from seq2seq.products import prepare_for_search
     from seq2seq.search import beam_search
@@ -388,13 +411,30 @@ def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, m
     src = torch.full((int(lengths.max()), 7), PAD)
     for b, n in enumerate(lengths.tolist()):
         src[:n, b] = torch.randint(4, 30, (n,), generator=generator)
-    found = {}
+    found, exact = {}, set()
+
+    class Recorded:  # the kernel, noting whether each call asked for the exact cell
+        unique_rows = staticmethod(cells.unique_rows)
+
+        @staticmethod
+        def cell(*args):
+            exact.add(args[-1])
+            return cells.cell(*args)
+
     for compiled in (True, False):
-        monkeypatch.setattr(translator, "search_cell_kernel", (lambda: cells) if compiled else (lambda: None))
+        monkeypatch.setattr(translator, "search_cell_kernel", (lambda: Recorded) if compiled else (lambda: None))
         hypotheses = beam_search(model, src, lengths, beam_size=4, alpha=0.6, nbest=3,
                                  alignment=config.attention)
         found[compiled] = [[(h.tokens, h.score, h.log_prob, h.alignment) for h in row] for row in hypotheses]
-    assert found[True] == found[False]
+    if dtype == torch.float32:
+        assert found[True] == found[False]
+    else:
+        assert [[(t, a) for t, _, _, a in row] for row in found[True]] == [[(t, a) for t, _, _, a in row]
+                                                                          for row in found[False]]
+        scores = [[score for _, score, log_prob, _ in row for score in (score, log_prob)] for row in found[True]]
+        eager = [[score for _, score, log_prob, _ in row for score in (score, log_prob)] for row in found[False]]
+        torch.testing.assert_close(torch.tensor(sum(scores, [])), torch.tensor(sum(eager, [])), rtol=2e-6, atol=1e-5)
+    assert exact == {dtype == torch.float32}  # fp32: ATen's activations; bf16: the approximate ones
     assert sum(len(h[0]) for row in found[True] for h in row) > 0  # something was searched for
 
 

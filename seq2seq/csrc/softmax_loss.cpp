@@ -11,7 +11,7 @@
 //
 // Arithmetic is fp32 throughout, in a fixed order: sums over a row run in 16 lanes, column sums over fixed
 // blocks of rows, so a result does not depend on the number of threads. exp is Cephes' single-precision
-// polynomial (about 1 ulp), written so that the compiler vectorises it.
+// polynomial (about 1 ulp) over 16 lanes in registers (csrc/lanes.h).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -22,34 +22,15 @@
 #include <limits>
 #include <vector>
 
+#include "lanes.h"
+
 namespace {
 
-constexpr int64_t kLanes = 16;      // one AVX-512 register of floats
+using namespace seq2seq::lanes;
+
 constexpr int64_t kBlockRows = 32;  // rows whose column sums are added together before the blocks are
 
-// 16 lanes in registers (GCC's vector extension: one AVX-512 register, two AVX2 ones): the row loops below keep
-// their running maxima and sums here, not in arrays the compiler would reload and store at every step
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef uint32_t LaneWords __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-typedef uint16_t LaneHalves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
-
-template <typename To, typename From>
-inline To bits_as(const From& from) {
-  static_assert(sizeof(To) == sizeof(From), "same size");
-  To to;
-  std::memcpy(&to, &from, sizeof to);
-  return to;
-}
-
 inline float widen(uint16_t bits) { return bits_as<float>(static_cast<uint32_t>(bits) << 16); }
-
-template <typename T>
-inline T load_from(const void* address) {  // at any alignment
-  T value;
-  std::memcpy(&value, address, sizeof value);
-  return value;
-}
 
 inline Lanes widen(const uint16_t* bits) {  // 16 bf16 values at bits
   return bits_as<Lanes>(__builtin_convertvector(load_from<LaneHalves>(bits), LaneWords) << 16);
@@ -64,38 +45,6 @@ inline void narrow(Lanes f, uint16_t* out) {  // 16 values, rounded as above, to
   const LaneWords u = bits_as<LaneWords>(f);
   const LaneHalves h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, LaneHalves);
   std::memcpy(out, &h, sizeof h);
-}
-
-inline Lanes load(const float* x) { return load_from<Lanes>(x); }
-inline void store(Lanes value, float* x) { std::memcpy(x, &value, sizeof value); }
-inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
-inline LaneInts to_int(Lanes x) { return __builtin_convertvector(x, LaneInts); }
-inline float splat(float c, float) { return c; }
-inline Lanes splat(float c, Lanes) { return Lanes{} + c; }
-inline float larger(float a, float b) { return a > b ? a : b; }
-inline Lanes larger(Lanes a, Lanes b) { return a > b ? a : b; }
-
-template <typename T>  // float or Lanes, lane by lane the same arithmetic
-inline T exp_approx(T x) {  // Cephes expf: e^x = 2^n e^r, |r| <= ln 2 / 2
-  x = larger(x, splat(-87.0f, x));
-  x = x > 88.0f ? splat(88.0f, x) : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const T n = (x * 1.44269504088896341f + magic) - magic;
-  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  T p = splat(1.9875691500e-4f, x);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * bits_as<T>((to_int(n) + 127) << 23);
-}
-
-inline float lane_sum(Lanes x) {  // lane 0 + lane 1 + ... in order
-  float sum = x[0];
-  for (int64_t k = 1; k < kLanes; ++k) sum += x[k];
-  return sum;
 }
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets) {

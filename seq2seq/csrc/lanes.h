@@ -1,0 +1,76 @@
+// 16 floats in registers and a fast exp over them, for the compiled kernels' row loops (csrc/softmax_loss.cpp,
+// csrc/search_cell.cpp's approximate cell). Lanes is GCC's vector extension: one AVX-512 register, two AVX2 ones,
+// so a loop that keeps its running maxima and sums in a Lanes keeps them in registers, where arrays of 16 were
+// stored and reloaded at every step. Functions come for float and for Lanes, lane by lane the same arithmetic.
+//
+// exp_approx is Cephes' single-precision polynomial (about 1 ulp); sigmoid_approx and tanh_approx are built on it
+// (within ~2e-7 of torch's). They are not ATen's functions: the kernels that must round as ATen does use
+// csrc/aten_arithmetic.h instead.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace seq2seq::lanes {
+
+constexpr int64_t kLanes = 16;  // one AVX-512 register of floats
+
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t LaneInts __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint32_t LaneWords __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef uint16_t LaneHalves __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+template <typename To, typename From>
+inline To bits_as(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
+}
+
+template <typename T>
+inline T load_from(const void* address) {  // at any alignment
+  T value;
+  std::memcpy(&value, address, sizeof value);
+  return value;
+}
+
+inline Lanes load(const float* x) { return load_from<Lanes>(x); }
+inline void store(Lanes value, float* x) { std::memcpy(x, &value, sizeof value); }
+inline int32_t to_int(float x) { return static_cast<int32_t>(x); }
+inline LaneInts to_int(Lanes x) { return __builtin_convertvector(x, LaneInts); }
+inline float splat(float c, float) { return c; }
+inline Lanes splat(float c, Lanes) { return Lanes{} + c; }
+inline float larger(float a, float b) { return a > b ? a : b; }
+inline Lanes larger(Lanes a, Lanes b) { return a > b ? a : b; }
+
+template <typename T>
+inline T exp_approx(T x) {  // Cephes expf: e^x = 2^n e^r, |r| <= ln 2 / 2
+  x = larger(x, splat(-87.0f, x));
+  x = x > 88.0f ? splat(88.0f, x) : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const T n = (x * 1.44269504088896341f + magic) - magic;
+  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  T p = splat(1.9875691500e-4f, x);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * bits_as<T>((to_int(n) + 127) << 23);
+}
+
+template <typename T>
+inline T sigmoid_approx(T x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+template <typename T>
+inline T tanh_approx(T x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }  // +-1 at the clamp, exactly
+
+inline float lane_sum(Lanes x) {  // lane 0 + lane 1 + ... in order
+  float sum = x[0];
+  for (int64_t k = 1; k < kLanes; ++k) sum += x[k];
+  return sum;
+}
+
+}  // namespace seq2seq::lanes
