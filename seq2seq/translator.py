@@ -153,9 +153,13 @@ class Translator(nn.Module):
         if masks is None:
             masks = self.encoder.sample_masks(src.shape[0], src.shape[1], device=src.device)
         masks = None if masks is None else replace(masks, output=None)
-        outputs, (h, c) = self.encoder(embedded, masks=masks, lengths=src_lengths)  # (S, B, H)
+        with self.products.autocast(src.device):  # bf16 search on a CPU: the encoder in bf16 (seq2seq.products)
+            outputs, (h, c) = self.encoder(embedded, masks=masks, lengths=src_lengths)  # (S, B, H)
+            keys = self.attention.keys(outputs) if self.attention is not None else None  # (B, H, S)
+        if self.products.dtype is not None:  # search goes on in fp32 around its products
+            outputs, h, c = outputs.float(), h.float(), c.float()
+            keys = keys.float() if keys is not None else None
         src_mask = torch.arange(src.shape[0], device=src.device).unsqueeze(0) < src_lengths.unsqueeze(1)  # (B, S)
-        keys = self.attention.keys(outputs) if self.attention is not None else None
         feed = h.new_zeros(h.shape[1:]) if self.config.input_feeding else None
         return Memory(outputs if self.attention is not None else None, keys, src_mask), DecoderState(h, c, feed)
 

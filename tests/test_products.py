@@ -94,3 +94,24 @@ def test_bf16_search_over_a_shortlist_uses_the_cast_output_layer():
         exact = beam_search(model, src, lengths, beam_size=3)
     assert output.weight.dtype == torch.bfloat16 and output.bias.dtype == torch.float32
     assert [[h.tokens for h in hyps] for hyps in listed] == [[h.tokens for h in hyps] for hyps in exact]
+
+
+def test_bf16_search_encodes_under_autocast_and_hands_on_fp32():
+    """Search in bf16 on a CPU runs the encoder under bf16 autocast (its fused LSTM layers and attention's keys) and
+    widens what it returns; without a dtype the encoder runs in whatever the caller set, a training run's autocast
+    included (Products.autocast is no autocast(enabled=False) then)."""
+    model = small_translator(attention=True, bidirectional_encoder=True)
+    src, lengths = torch.randint(4, 40, (6, 3)), torch.tensor([6, 4, 5])
+    seen = []
+    model.encoder.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    with torch.no_grad():
+        memory, state = model.encode(src, lengths)  # fp32 search
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.encode(src, lengths)  # a bf16 training run's forward: its autocast reaches the encoder
+        low = prepare_for_search(model, torch.device("cpu"), torch.bfloat16)
+        low_memory, low_state = low.encode(src, lengths)
+    assert seen == [False, True, True]
+    for exact, rounded in ((memory.outputs, low_memory.outputs), (memory.keys, low_memory.keys),
+                           (state.h, low_state.h), (state.c, low_state.c)):
+        assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
+        torch.testing.assert_close(rounded, exact, atol=0.05, rtol=0)
