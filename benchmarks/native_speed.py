@@ -278,7 +278,7 @@ def softmax_layers(repeats: int, precision: str) -> None:
 
 def mm_before(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """gemm.mm as it was: a transposed a handed to oneDNN as it is, which copies it (one thread)."""
-    if a.is_cpu and a.dtype == b.dtype == torch.float32 and gemm.fp32_library() == "onednn":
+    if gemm.in_onednn(a, b):
         return gemm.linear(a, b.t())
     return torch.mm(a, b)
 

@@ -53,6 +53,11 @@ def fp32_library() -> str:
     return choice if choice == "mkl" or onednn_available() else "mkl"
 
 
+def in_onednn(*tensors: Tensor) -> bool:
+    """Whether a product of these tensors runs in oneDNN: all float32 on a CPU, and fp32_library() says oneDNN."""
+    return all(t.is_cpu and t.dtype == torch.float32 for t in tensors) and fp32_library() == "onednn"
+
+
 def mm(a: Tensor, b: Tensor) -> Tensor:
     """a (M, K) @ b (K, N), fp32 on a CPU in fp32_library(); anything else as torch.mm.
 
@@ -62,7 +67,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     cores), and where it is cheaper the product is taken the other way round, (b^T a^T)^T, transposing b and the
     (M, N) result instead of a: the same bits (oneDNN's sums over K ran in the same order either way at every
     shape tried, PTB's and the demo's among them; tested)."""
-    if not (a.is_cpu and a.dtype == b.dtype == torch.float32 and fp32_library() == "onednn"):
+    if not in_onednn(a, b):
         return torch.mm(a, b)
     (m, k), n = a.shape, b.shape[1]
     if a.is_contiguous() or not a.t().is_contiguous():
@@ -85,8 +90,7 @@ def transposed(x: Tensor) -> Tensor:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """nn.functional.linear(x, weight, bias) for x (N, in), weight (out, in), bias (out,) or None: in oneDNN where
     fp32_library() says so for an fp32 CPU product (bias summed inside it, as addmm does), else as torch does."""
-    if (x.is_cpu and x.dim() == 2 and x.dtype == weight.dtype == torch.float32 and fp32_library() == "onednn"
-            and (bias is None or bias.dim() == 1)):
+    if x.dim() == 2 and in_onednn(x, weight) and (bias is None or bias.dim() == 1):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return torch.nn.functional.linear(x, weight, bias)
 
@@ -113,8 +117,7 @@ def trainable_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
     """nn.functional.linear(x, weight, bias) for x (..., in), with autograd: in oneDNN, forward and backward, for
     fp32 CPU tensors outside autocast where fp32_library() says so (an AMD CPU with AVX-512), else as torch does
     (MKL for fp32 on a CPU; under bf16 autocast, autocast's bf16 products)."""
-    if not (x.is_cpu and x.dtype == weight.dtype == torch.float32 and fp32_library() == "onednn"
-            and not torch.is_autocast_enabled("cpu") and (bias is None or bias.dim() == 1)):
+    if not (in_onednn(x, weight) and not torch.is_autocast_enabled("cpu") and (bias is None or bias.dim() == 1)):
         return torch.nn.functional.linear(x, weight, bias)
     y = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)  # (N, out)
     return y.view(*x.shape[:-1], weight.shape[0])

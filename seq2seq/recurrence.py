@@ -89,7 +89,7 @@ class MaskedLSTMRecurrence(torch.autograd.Function):
 
 def _onednn(w: Tensor) -> bool:
     """Whether the recurrence's fp32 products run in oneDNN (seq2seq.gemm: an AMD CPU with AVX-512) or MKL."""
-    return w.is_cpu and w.dtype == torch.float32 and gemm.fp32_library() == "onednn"
+    return gemm.in_onednn(w)
 
 
 def _products(a: Tensor, b: Tensor, onednn: bool) -> Tensor:

@@ -41,7 +41,8 @@ void approximate_cell(const float* gates, const float* c_prev, float* c_n, float
   const float *i = gates, *f = gates + units, *g = gates + 2 * units, *o = gates + 3 * units;
   int64_t j = 0;
   for (; j + kLanes <= units; j += kLanes) {
-    const Lanes c = sigmoid_approx(load(f + j)) * load(c_prev + j) + sigmoid_approx(load(i + j)) * tanh_approx(load(g + j));
+    const Lanes c =
+        sigmoid_approx(load(f + j)) * load(c_prev + j) + sigmoid_approx(load(i + j)) * tanh_approx(load(g + j));
     store(c, c_n + j);
     store(tanh_approx(c) * sigmoid_approx(load(o + j)), h_n + j);
   }

@@ -104,6 +104,11 @@ inline float log_partition(float row_total, float row_peak, float row_sum) {
   return std::isfinite(row_sum) && std::isfinite(lz) ? lz : std::numeric_limits<float>::quiet_NaN();
 }
 
+// (1 - eps) (log Z - z_y) + eps (log Z - mean_v z_v): one row's label-smoothed cross-entropy
+inline float row_loss(float lz, float target_z, float row_sum, int64_t v, float eps) {
+  return (1.0f - eps) * (lz - target_z) + eps * (lz - row_sum / static_cast<float>(v));
+}
+
 }  // namespace
 
 // logits (N, V) bf16, bias (V) fp32, targets (N) int64 in [0, V) ->
@@ -127,7 +132,7 @@ std::vector<at::Tensor> forward(const at::Tensor& logits, const at::Tensor& bias
       widen_row(l + i * v, b, z.data(), v, row_peak, row_sum);
       const float lz = log_partition(sum_exp<false>(z.data(), v, row_peak), row_peak, row_sum);
       log_z_out[i] = lz;
-      loss_out[i] = (1.0f - eps) * (lz - z[y[i]]) + eps * (lz - row_sum / static_cast<float>(v));
+      loss_out[i] = row_loss(lz, z[y[i]], row_sum, v, eps);
     }
   });
   return {log_z, loss};
@@ -163,7 +168,7 @@ std::vector<at::Tensor> loss_and_gradient(at::Tensor& logits, const at::Tensor& 
         const float target_z = z[yi];
         const float row_total = sum_exp<true>(z.data(), v, row_peak);  // z now holds exp(z - peak)
         const float lz = log_partition(row_total, row_peak, row_sum);
-        loss_out[i] = (1.0f - eps) * (lz - target_z) + eps * (lz - row_sum / static_cast<float>(v));
+        loss_out[i] = row_loss(lz, target_z, row_sum, v, eps);
         const float inverse = 1.0f / row_total, si = s[i];
         const int64_t full = v - v % kLanes;
         for (int64_t j = 0; j < full; j += kLanes) {
