@@ -100,7 +100,7 @@ def recurrence_kernel():
 
 @functools.cache
 def search_cell_kernel():
-    """The compiled search-step LSTM cell (cell, unique_rows), or None."""
+    """The compiled search-step functions (cell, unique_rows; bf16 search's tanh_approx_, log_softmax_rows), or None."""
     return load("search_cell", "search-cell kernel", aten_arithmetic_flags() + header_flags("lanes.h"))
 
 

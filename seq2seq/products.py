@@ -10,7 +10,10 @@ decoder's gates, attention's output layer, the softmax layer) in bf16: each weig
 changes, the input is cast at every call and the product widened back to fp32.
 
 The encoder, whose LSTM layers read whole sentences at once, runs under autocast to the same dtype
-(`Products.autocast`) and hands fp32 on to the search.
+(`Products.autocast`) and hands fp32 on to the search. The element-wise work around bf16 products, whose inputs
+are rounded to bf16 anyway, uses the compiled search kernels' approximations (csrc/search_cell.cpp, within ~2e-7
+of torch's functions): attention's tanh (`Products.tanh_`), and the output layer's bias, shortlist mask and
+log_softmax in one pass over its bf16 product (`Products.log_softmax_linear`).
 
 `Products()` (no dtype) is plain `nn.functional.linear` in the model's own dtype: fp32 search, or a whole model
 cast to bf16 / fp16 as on a GPU, where element-wise work in half precision is cheap.
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from . import gemm
+from .native import search_cell_kernel
 
 
 class Products:
@@ -63,6 +67,34 @@ class Products:
             return gemm.linear(x, weight, bias)
         product = nn.functional.linear(x.to(self.dtype), self.weight(weight)).to(x.dtype)  # (N, out)
         return product if bias is None else product.add_(bias)
+
+
+    def _bf16_kernel(self):
+        """The compiled search kernels when this search's products are bf16 on a CPU (else None)."""
+        return search_cell_kernel() if self.dtype == torch.bfloat16 else None
+
+    def tanh_(self, x: Tensor) -> Tensor:
+        """x = tanh(x) in place: torch's, or in bf16 search on a CPU the compiled approximation."""
+        kernel = self._bf16_kernel()
+        if kernel is None or not (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()):
+            return x.tanh_()
+        kernel.tanh_approx_(x)
+        return x
+
+    def log_softmax_linear(self, x: Tensor, weight: Tensor, bias: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log_softmax(x W^T + bias (+ mask)) along rows, fp32: x (N, in), weight (V, in), bias (V,); mask (B, V)
+        added to each sentence's N / B rows (a shortlist's -inf at ids a sentence may not emit), or None.
+        Without a dtype, nn.Linear's product then torch.log_softmax, as eager code computes it; in bf16 on a CPU,
+        the bf16 product and one compiled pass over each of its rows."""
+        kernel = self._bf16_kernel()
+        if kernel is not None and x.device.type == "cpu":
+            product = nn.functional.linear(x.to(self.dtype), self.weight(weight))  # (N, V) bf16
+            return kernel.log_softmax_rows(product, bias.float().contiguous(),
+                                           None if mask is None else mask.float().contiguous())
+        logits = self.linear(x, weight, bias)  # (N, V)
+        if mask is not None:  # (B, N / B, V) + (B, 1, V)
+            logits = logits.view(len(mask), -1, logits.shape[-1]).add_(mask.unsqueeze(1)).flatten(0, 1)
+        return torch.log_softmax(logits.float(), dim=-1)
 
 
 def prepare_for_search(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

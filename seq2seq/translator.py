@@ -240,16 +240,13 @@ class Translator(nn.Module):
         if self.attention is not None:
             query = top.view(memory.src_mask.shape[0], -1, top.shape[-1])  # (B, R, H)
             top, weights = self.attention(query, memory.keys, memory.outputs, memory.src_mask, return_weights=True,
-                                          linear=linear, batch_first=True)
+                                          linear=linear, tanh_=self.products.tanh_, batch_first=True)
             top = top.view(tokens.shape[0], -1)  # (N, H)
             positions = weights.argmax(dim=-1).reshape(-1) if alignment else None  # (B, R) -> (N,)
         if output is None:
-            logits = linear(top, self.output.weight, self.output.bias)  # (N, V)
-        else:
-            logits = linear(top, output.weight, output.bias)  # (N, U)
-            logits = logits.view(len(output.mask), -1, len(output.ids)).add_(output.mask.unsqueeze(1))  # (B, R, U)
-            logits = logits.flatten(0, 1)  # (N, U)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+            log_probs = self.products.log_softmax_linear(top, self.output.weight, self.output.bias)  # (N, V)
+        else:  # (N, U), each sentence's mask on its rows
+            log_probs = self.products.log_softmax_linear(top, output.weight, output.bias, output.mask)
         state = DecoderState(h, c, top if self.config.input_feeding else None)
         if alignment:
             if self.attention is None:

@@ -353,6 +353,55 @@ def test_approximate_search_cell_is_within_float_rounding_of_the_exact_one(cells
     assert bool(approximate[0][1].abs().max() < 1e-30)
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 40_000])
+def test_approximate_tanh_is_within_float_rounding_of_tanh(cells, size):
+    """bf16 search's in-place tanh (attention's h~): lanes.h's, within ~2e-7 of float64's over 16 lanes and a
+    scalar tail, split over threads above 16,384 values; -1 and 1 exactly where tanh saturates."""
+    x = torch.randn(size, generator=torch.Generator().manual_seed(size)) * 5
+    x[0] = 100.0
+    if size > 1:
+        x[1] = -100.0
+    y = x.clone()
+    cells.tanh_approx_(y)
+    torch.testing.assert_close(y.double(), x.double().tanh(), rtol=0, atol=3e-7)
+    assert y[0] == 1.0 and (size == 1 or y[1] == -1.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        cells.tanh_approx_(x.double())
+
+
+@pytest.mark.parametrize("v", [1, 16, 37, 2_001])
+@pytest.mark.parametrize("sentences", [None, 1, 4])
+def test_log_softmax_rows_is_the_bf16_logits_log_softmax(cells, v, sentences):
+    """log_softmax(float(z) + bias + mask[sentence]) against float64, each sentence's rows with its own mask (-inf
+    at ids it may not emit: -inf out, the rest normalised over the allowed ones), with and without a column tail."""
+    generator = torch.Generator().manual_seed(v)
+    rows = 12
+    z = (torch.randn(rows, v, generator=generator) * 6).bfloat16()
+    bias = torch.randn(v, generator=generator)
+    expected = z.double() + bias.double()
+    mask = None
+    if sentences is not None:
+        mask = torch.zeros(sentences, v).masked_fill(torch.rand(sentences, v, generator=generator) < 0.4, float("-inf"))
+        mask[:, 0] = 0.0  # every sentence may emit something
+        expected = (expected.view(sentences, -1, v) + mask.double().unsqueeze(1)).view(rows, v)
+    expected = torch.log_softmax(expected, dim=-1)
+    out = cells.log_softmax_rows(z, bias, mask)
+    assert out.dtype == torch.float32 and out.shape == (rows, v)
+    assert torch.equal(out.isinf(), expected.isinf())
+    finite = expected.isfinite()
+    torch.testing.assert_close(out.double()[finite], expected[finite], rtol=1e-6, atol=2e-6)
+
+
+def test_log_softmax_rows_refuses_bad_shapes(cells):
+    z, bias = torch.zeros(6, 5, dtype=torch.bfloat16), torch.zeros(5)
+    with pytest.raises(RuntimeError, match="mask's rows must divide"):
+        cells.log_softmax_rows(z, bias, torch.zeros(4, 5))
+    with pytest.raises(RuntimeError, match="bias must be"):
+        cells.log_softmax_rows(z, torch.zeros(4))
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        cells.log_softmax_rows(z.float(), bias)
+
+
 def test_search_cell_does_not_depend_on_the_thread_count(cells):
     generator = torch.Generator().manual_seed(3)
     hh, c = torch.randn(200, 4 * 256, generator=generator), torch.randn(64, 256, generator=generator)
@@ -397,7 +446,7 @@ def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, m
     """Every hypothesis, score and alignment of a batched beam search, kernel on and off, in fp32 and with the
     bf16 products of seq2seq.products (whose cell stays fp32, and takes the kernel's approximate activations:
     the same hypotheses, scores within float rounding)."""
-    from seq2seq import translator
+    from seq2seq import products, translator
     from seq2seq.products import prepare_for_search
     from seq2seq.search import beam_search
     from seq2seq.tokenizer import PAD
@@ -421,8 +470,9 @@ def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, m
             exact.add(args[-1])
             return cells.cell(*args)
 
-    for compiled in (True, False):
+    for compiled in (True, False):  # off: the eager cell, and in bf16 the eager tanh and log_softmax too
         monkeypatch.setattr(translator, "search_cell_kernel", (lambda: Recorded) if compiled else (lambda: None))
+        monkeypatch.setattr(products, "search_cell_kernel", (lambda: cells) if compiled else (lambda: None))
         hypotheses = beam_search(model, src, lengths, beam_size=4, alpha=0.6, nbest=3,
                                  alignment=config.attention)
         found[compiled] = [[(h.tokens, h.score, h.log_prob, h.alignment) for h in row] for row in hypotheses]

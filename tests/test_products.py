@@ -43,6 +43,39 @@ def test_a_weight_is_cast_once_and_again_after_it_changes():
     assert products.weight(already) is already  # nothing to cast
 
 
+def test_log_softmax_linear_without_a_dtype_is_the_eager_code_to_the_last_bit():
+    """fp32 search: the product (Products.linear: seq2seq.gemm's), the shortlist mask per sentence, then
+    torch.log_softmax, as Translator.step had them."""
+    torch.manual_seed(2)
+    x, weight, bias = torch.randn(6, 16), torch.randn(11, 16), torch.randn(11)
+    mask = torch.zeros(2, 11).masked_fill(torch.rand(2, 11) < 0.3, float("-inf"))
+    products = Products()
+    logits = products.linear(x, weight, bias)
+    assert torch.equal(products.log_softmax_linear(x, weight, bias), torch.log_softmax(logits, -1))
+    masked = (logits.view(2, 3, 11) + mask.unsqueeze(1)).view(6, 11)
+    assert torch.equal(products.log_softmax_linear(x, weight, bias, mask), torch.log_softmax(masked, -1))
+    y = torch.randn(5, 7)
+    assert torch.equal(products.tanh_(y.clone()), y.tanh())
+
+
+def test_bf16_log_softmax_and_tanh_are_the_eager_bf16_ones_within_rounding():
+    """bf16 search on a CPU: the compiled pass over the bf16 product (seq2seq.native), agreeing with widening it,
+    adding bias and mask and calling torch.log_softmax; tanh_ the compiled approximation, in place."""
+    torch.manual_seed(4)
+    x, weight, bias = torch.randn(8, 32), torch.randn(40, 32), torch.randn(40)
+    mask = torch.zeros(4, 40).masked_fill(torch.rand(4, 40) < 0.3, float("-inf"))
+    products = Products(torch.bfloat16)
+    logits = (x.bfloat16() @ weight.bfloat16().t()).float() + bias
+    eager = torch.log_softmax((logits.view(4, 2, 40) + mask.unsqueeze(1)).view(8, 40), -1)
+    found = products.log_softmax_linear(x, weight, bias, mask)
+    assert found.dtype == torch.float32 and torch.equal(found.isinf(), eager.isinf())
+    torch.testing.assert_close(found[eager.isfinite()], eager[eager.isfinite()], rtol=1e-6, atol=2e-6)
+    y = torch.randn(5, 7) * 3
+    z = y.clone()
+    assert products.tanh_(z) is z
+    torch.testing.assert_close(z, y.tanh(), rtol=0, atol=3e-7)
+
+
 def small_translator(**changes):
     torch.manual_seed(3)
     config = TranslatorConfig(src_vocab_size=40, tgt_vocab_size=30, embedding_size=16, hidden_size=16, num_layers=2,

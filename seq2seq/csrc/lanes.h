@@ -1,5 +1,5 @@
-// 16 floats in registers and a fast exp over them, for the compiled kernels' row loops (csrc/softmax_loss.cpp,
-// csrc/search_cell.cpp's approximate cell). Lanes is GCC's vector extension: one AVX-512 register, two AVX2 ones,
+// 16 floats in registers, a fast exp over them and bf16 <-> float conversions, for the compiled kernels' row loops
+// (csrc/softmax_loss.cpp, csrc/search_cell.cpp's bf16 search functions). Lanes is GCC's vector extension: one AVX-512 register, two AVX2 ones,
 // so a loop that keeps its running maxima and sums in a Lanes keeps them in registers, where arrays of 16 were
 // stored and reloaded at every step. Functions come for float and for Lanes, lane by lane the same arithmetic.
 //
@@ -66,6 +66,24 @@ inline T sigmoid_approx(T x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 template <typename T>
 inline T tanh_approx(T x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }  // +-1 at the clamp, exactly
+
+// bf16 <-> float: a bf16 value is a float's upper 16 bits
+inline float widen(uint16_t bits) { return bits_as<float>(static_cast<uint32_t>(bits) << 16); }
+
+inline Lanes widen(const uint16_t* bits) {  // 16 bf16 values at bits
+  return bits_as<Lanes>(__builtin_convertvector(load_from<LaneHalves>(bits), LaneWords) << 16);
+}
+
+inline uint16_t narrow(float f) {  // round to nearest even, as torch's float -> bfloat16 cast (finite inputs)
+  const uint32_t u = bits_as<uint32_t>(f);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline void narrow(Lanes f, uint16_t* out) {  // 16 values, rounded as above, to out
+  const LaneWords u = bits_as<LaneWords>(f);
+  const LaneHalves h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, LaneHalves);
+  std::memcpy(out, &h, sizeof h);
+}
 
 inline float lane_sum(Lanes x) {  // lane 0 + lane 1 + ... in order
   float sum = x[0];

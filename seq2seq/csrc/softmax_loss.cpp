@@ -30,23 +30,6 @@ using namespace seq2seq::lanes;
 
 constexpr int64_t kBlockRows = 32;  // rows whose column sums are added together before the blocks are
 
-inline float widen(uint16_t bits) { return bits_as<float>(static_cast<uint32_t>(bits) << 16); }
-
-inline Lanes widen(const uint16_t* bits) {  // 16 bf16 values at bits
-  return bits_as<Lanes>(__builtin_convertvector(load_from<LaneHalves>(bits), LaneWords) << 16);
-}
-
-inline uint16_t narrow(float f) {  // round to nearest even, as torch's float -> bfloat16 cast (finite inputs)
-  const uint32_t u = bits_as<uint32_t>(f);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-inline void narrow(Lanes f, uint16_t* out) {  // 16 values, rounded as above, to out
-  const LaneWords u = bits_as<LaneWords>(f);
-  const LaneHalves h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, LaneHalves);
-  std::memcpy(out, &h, sizeof h);
-}
-
 void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Tensor& targets) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 && logits.is_contiguous(),
               "logits must be a contiguous (N, V) bfloat16 tensor");
