@@ -4,12 +4,16 @@
     python benchmarks/roofline.py --workloads decode --model runs/wmt14_enfr-demo/model [--breakdown]  # beam 5
     python benchmarks/roofline.py --device cuda ...    # on a GPU (the default where there is one)
     python benchmarks/roofline.py --workloads ptb-small --breakdown    # where a step's time goes (CPU)
+    python benchmarks/roofline.py --workloads ptb-small --rounds 5     # median efficiency of 5 rounds, and its range
 
 For each workload: the matrix products of one training step at their exact shapes, each timed alone in fp32
 (and bf16 where the CPU has AVX512-BF16 / AMX, or the GPU bf16), on the same device, give the ceiling; the same
 step of the toolkit's model (forward, backward, clipping, optimiser update) timed over --steps steps gives the
 achieved rate; efficiency is their ratio. Data are random ids / features of the preset's shapes: speed does not
 depend on the words (PTB reads a new window each step, as training does, so clipping is as rare as there).
+On a shared machine both halves move with the neighbours' load (PTB small fp32: 65-81 % in single runs of one
+day); --rounds R measures the ceiling (every rate afresh) and the step in turn R times and prints the medians,
+with the range of the R efficiencies.
 
 Decoding (`decode`, needs a trained --model): seq2seq-translate's beam search over --input, run once with every
 encoder and decoder step's shapes recorded (rows, sentences, source length, output columns), which give the
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -37,8 +42,8 @@ from seq2seq.devices import bf16_supported, keep_freed_memory
 from seq2seq.language_model import LanguageModel
 from seq2seq.presets import ACOUSTIC_PRESETS, LM_PRESETS, TRANSLATION_PRESETS
 from seq2seq.products import prepare_for_search
-from seq2seq.roofline import (acoustic_model_step, ceiling_seconds, cold_seconds, language_model_step, synchronize,
-                              translator_step)
+from seq2seq.roofline import (acoustic_model_step, ceiling_seconds, cold_seconds, language_model_step, measured_rate,
+                              synchronize, translator_step)
 from seq2seq.tokenizer import BOS
 from seq2seq.translator import Translator
 
@@ -296,6 +301,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--no-bf16", action="store_true", help="fp32 only, even where bf16 is supported")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure ceiling and speed in turn this many times; print medians and the range")
     parser.add_argument("--model", help="a trained translation model dir, for the decode workload")
     parser.add_argument("--input", default="data/multi30k/test_2016_flickr.en.gz", help="source lines for decode")
     parser.add_argument("--breakdown", action="store_true",
@@ -328,11 +335,18 @@ def main() -> None:
                 step, units, unit, products = WORKLOADS[name](bf16, device)
                 steps = args.steps
             dtype = torch.bfloat16 if bf16 else torch.float32
-            ceiling = units / ceiling_seconds(products, dtype, device)
-            achieved = units / timed(step, steps, device)
+            ceilings, speeds = [], []
+            for round_ in range(args.rounds):  # in turn, each round's ceiling from freshly timed rates
+                if round_:
+                    measured_rate.cache_clear()
+                ceilings.append(units / ceiling_seconds(products, dtype, device))
+                speeds.append(units / timed(step, steps, device))
+            efficiencies = [a / c for a, c in zip(speeds, ceilings)]
             flops = sum(p.flops() for p in products) / 1e9
-            print(f"{name:<11} {precision:<9} {flops:10.2f} {ceiling:16,.0f} {achieved:10,.0f} "
-                  f"{achieved / ceiling:10.0%}  {unit}", flush=True)
+            spread = (f"  [{min(efficiencies):.0%}-{max(efficiencies):.0%} over {args.rounds} rounds]"
+                      if args.rounds > 1 else "")
+            print(f"{name:<11} {precision:<9} {flops:10.2f} {median(ceilings):16,.0f} {median(speeds):10,.0f} "
+                  f"{median(efficiencies):10.0%}  {unit}{spread}", flush=True)
     if args.breakdown and device.type != "cpu":
         print("--breakdown: profiles CPU operators only; skipped on", device.type)
     elif args.breakdown:
