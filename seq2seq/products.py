@@ -68,7 +68,6 @@ class Products:
         product = nn.functional.linear(x.to(self.dtype), self.weight(weight)).to(x.dtype)  # (N, out)
         return product if bias is None else product.add_(bias)
 
-
     def _bf16_kernel(self):
         """The compiled search kernels when this search's products are bf16 on a CPU (else None)."""
         return search_cell_kernel() if self.dtype == torch.bfloat16 else None
@@ -84,8 +83,8 @@ class Products:
     def log_softmax_linear(self, x: Tensor, weight: Tensor, bias: Tensor, mask: Tensor | None = None) -> Tensor:
         """log_softmax(x W^T + bias (+ mask)) along rows, fp32: x (N, in), weight (V, in), bias (V,); mask (B, V)
         added to each sentence's N / B rows (a shortlist's -inf at ids a sentence may not emit), or None.
-        Without a dtype, nn.Linear's product then torch.log_softmax, as eager code computes it; in bf16 on a CPU,
-        the bf16 product and one compiled pass over each of its rows."""
+        Without a dtype, `linear`'s product, the mask, then torch.log_softmax, as the eager step computed them; in
+        bf16 on a CPU, the bf16 product and one compiled pass over each of its rows."""
         kernel = self._bf16_kernel()
         if kernel is not None and x.device.type == "cpu":
             product = nn.functional.linear(x.to(self.dtype), self.weight(weight))  # (N, V) bf16
