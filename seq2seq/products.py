@@ -13,7 +13,7 @@ The encoder, whose LSTM layers read whole sentences at once, runs under autocast
 (`Products.autocast`) and hands fp32 on to the search. The element-wise work around bf16 products, whose inputs
 are rounded to bf16 anyway, uses the compiled search kernels' approximations (csrc/search_cell.cpp, within ~2e-7
 of torch's functions): attention's tanh (`Products.tanh_`), and the output layer's bias, shortlist mask and
-log_softmax in one pass over its bf16 product (`Products.log_softmax_linear`).
+log_softmax a row at a time over its bf16 product (`Products.log_softmax_linear`).
 
 `Products()` (no dtype) is plain `nn.functional.linear` in the model's own dtype: fp32 search, or a whole model
 cast to bf16 / fp16 as on a GPU, where element-wise work in half precision is cheap.
@@ -84,7 +84,7 @@ class Products:
         """log_softmax(x W^T + bias (+ mask)) along rows, fp32: x (N, in), weight (V, in), bias (V,); mask (B, V)
         added to each sentence's N / B rows (a shortlist's -inf at ids a sentence may not emit), or None.
         Without a dtype, `linear`'s product, the mask, then torch.log_softmax, as the eager step computed them; in
-        bf16 on a CPU, the bf16 product and one compiled pass over each of its rows."""
+        bf16 on a CPU, the bf16 product and the compiled kernel, a row at a time."""
         kernel = self._bf16_kernel()
         if kernel is not None and x.device.type == "cpu":
             product = nn.functional.linear(x.to(self.dtype), self.weight(weight))  # (N, V) bf16

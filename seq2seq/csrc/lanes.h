@@ -1,7 +1,7 @@
-// 16 floats in registers, a fast exp over them and bf16 <-> float conversions, for the compiled kernels' row loops
-// (csrc/softmax_loss.cpp, csrc/search_cell.cpp's bf16 search functions). Lanes is GCC's vector extension: one AVX-512 register, two AVX2 ones,
-// so a loop that keeps its running maxima and sums in a Lanes keeps them in registers, where arrays of 16 were
-// stored and reloaded at every step. Functions come for float and for Lanes, lane by lane the same arithmetic.
+// 16 floats in registers, a fast exp over them, bf16 <-> float conversions and the softmax's row passes, for the
+// compiled kernels' row loops (csrc/softmax_loss.cpp, csrc/search_cell.cpp's bf16 search functions). Lanes is GCC's
+// vector extension: one AVX-512 register, two AVX2 ones, so a loop that keeps its running maxima and sums in a
+// Lanes keeps them in registers, where arrays of 16 were stored and reloaded at every step. Functions come for float and for Lanes, lane by lane the same arithmetic.
 //
 // exp_approx is Cephes' single-precision polynomial (about 1 ulp); sigmoid_approx and tanh_approx are built on it
 // (within ~2e-7 of torch's). They are not ATen's functions: the kernels that must round as ATen does use
@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace seq2seq::lanes {
 
@@ -89,6 +90,43 @@ inline float lane_sum(Lanes x) {  // lane 0 + lane 1 + ... in order
   float sum = x[0];
   for (int64_t k = 1; k < kLanes; ++k) sum += x[k];
   return sum;
+}
+
+// z = row + b (fp32, into z); returns the row's peak and its sum, over 16 lanes then across them.
+inline void widen_row(const uint16_t* row, const float* b, float* z, int64_t v, float& row_peak, float& row_sum) {
+  const int64_t full = v - v % kLanes;
+  Lanes peak = splat(-std::numeric_limits<float>::max(), Lanes{}), sum_z = Lanes{};
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const Lanes zj = widen(row + j) + load(b + j);
+    store(zj, z + j);
+    peak = larger(zj, peak);
+    sum_z += zj;
+  }
+  for (int64_t j = full; j < v; ++j) {  // the last V mod 16 columns
+    z[j] = widen(row[j]) + b[j];
+    peak[j - full] = larger(z[j], peak[j - full]);
+    sum_z[j - full] += z[j];
+  }
+  row_peak = peak[0], row_sum = lane_sum(sum_z);
+  for (int64_t k = 1; k < kLanes; ++k) row_peak = larger(peak[k], row_peak);
+}
+
+// sum_j exp(z_j - peak), over 16 lanes then across them; with kKeep each z_j is replaced by its exp(z_j - peak).
+template <bool kKeep>
+inline float sum_exp(float* z, int64_t v, float row_peak) {
+  const int64_t full = v - v % kLanes;
+  Lanes total = Lanes{};
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const Lanes e = exp_approx(load(z + j) - row_peak);
+    if (kKeep) store(e, z + j);
+    total += e;
+  }
+  for (int64_t j = full; j < v; ++j) {
+    const float e = exp_approx(z[j] - row_peak);
+    if (kKeep) z[j] = e;
+    total[j - full] += e;
+  }
+  return lane_sum(total);
 }
 
 }  // namespace seq2seq::lanes

@@ -19,8 +19,8 @@
 // bf16 search's other element-wise work, with the same approximations (seq2seq.products):
 //   tanh_approx_(x)                      attention's h~ = tanh(W_c [c; h]) in place
 //   log_softmax_rows(z, bias, mask)      log_softmax(float(z) + bias + mask[sentence]) per row: the output layer's
-//                                        bf16 product to fp32 log-probs in one pass over the row (four in eager
-//                                        PyTorch: widen, bias, the shortlist's mask, log_softmax)
+//                                        bf16 product to fp32 log-probs a row at a time, while it is in cache (four
+//                                        whole-matrix operations in eager PyTorch: widen, bias, mask, log_softmax)
 
 #include <torch/extension.h>
 
@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -150,33 +149,9 @@ void tanh_approx_(at::Tensor x) {
   });
 }
 
-// One row of log_softmax(float(z) + bias + mask) into out: the sum in out, its peak, then the sum of exps.
-static void log_softmax_row(const uint16_t* z, const float* bias, const float* mask, float* out, int64_t v) {
-  using namespace seq2seq::lanes;
-  const int64_t full = v - v % kLanes;
-  Lanes peak = splat(-std::numeric_limits<float>::infinity(), Lanes{});
-  for (int64_t j = 0; j < full; j += kLanes) {
-    const Lanes x = widen(z + j) + load(bias + j) + (mask ? load(mask + j) : Lanes{});
-    store(x, out + j);
-    peak = larger(x, peak);
-  }
-  float row_peak = -std::numeric_limits<float>::infinity();
-  for (int64_t j = full; j < v; ++j) {
-    out[j] = widen(z[j]) + bias[j] + (mask ? mask[j] : 0.0f);
-    row_peak = larger(out[j], row_peak);
-  }
-  for (int64_t k = 0; k < kLanes; ++k) row_peak = larger(peak[k], row_peak);
-  Lanes total = Lanes{};
-  for (int64_t j = 0; j < full; j += kLanes) total += exp_approx(load(out + j) - row_peak);
-  float row_total = lane_sum(total);
-  for (int64_t j = full; j < v; ++j) row_total += exp_approx(out[j] - row_peak);
-  const float log_z = row_peak + std::log(row_total);
-  for (int64_t j = 0; j < full; j += kLanes) store(load(out + j) - log_z, out + j);
-  for (int64_t j = full; j < v; ++j) out[j] -= log_z;
-}
-
 // z (N, V) bf16; bias (V,) float32; mask (B, V) float32 or none, row n taking mask[n / (N / B)] (B divides N).
-// Returns log_softmax(float(z) + bias + mask) along rows, (N, V) float32.
+// Returns log_softmax(float(z) + bias + mask) along rows, (N, V) float32: each row widened onto its sentence's
+// bias + mask (a shortlist's 0 or -inf, so the sum is exact) and its exps summed by lanes.h's softmax passes.
 at::Tensor log_softmax_rows(const at::Tensor& z, const at::Tensor& bias, const std::optional<at::Tensor>& mask) {
   RECORD_FUNCTION("seq2seq::log_softmax_rows", std::vector<c10::IValue>());
   TORCH_CHECK(z.device().is_cpu() && z.scalar_type() == at::kBFloat16 && z.dim() == 2 && z.is_contiguous(),
@@ -188,16 +163,23 @@ at::Tensor log_softmax_rows(const at::Tensor& z, const at::Tensor& bias, const s
     check_matrix(*mask, v, "mask");
     TORCH_CHECK(mask->size(0) > 0 && n_rows % mask->size(0) == 0, "mask's rows must divide z's ", n_rows);
   }
-  const int64_t per_mask = mask ? n_rows / mask->size(0) : 1;
+  const int64_t per_mask = mask ? n_rows / mask->size(0) : n_rows;
+  const at::Tensor row_bias = mask ? (*mask + bias).contiguous() : bias;  // (B or 1, V)
   at::Tensor out = at::empty({n_rows, v}, bias.options());
   const uint16_t* z_data = reinterpret_cast<const uint16_t*>(z.data_ptr<at::BFloat16>());
-  const float* bias_data = bias.data_ptr<float>();
-  const float* mask_data = mask ? mask->data_ptr<float>() : nullptr;
+  const float* bias_data = row_bias.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
   at::parallel_for(0, n_rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)
-      log_softmax_row(z_data + n * v, bias_data, mask_data ? mask_data + (n / per_mask) * v : nullptr,
-                      out_data + n * v, v);
+    using namespace seq2seq::lanes;
+    for (int64_t n = begin; n < end; ++n) {
+      float* row = out_data + n * v;
+      float peak, sum;
+      widen_row(z_data + n * v, bias_data + (n / per_mask) * v, row, v, peak, sum);
+      const float log_z = peak + std::log(sum_exp<false>(row, v, peak));
+      int64_t j = 0;
+      for (; j + kLanes <= v; j += kLanes) store(load(row + j) - log_z, row + j);
+      for (; j < v; ++j) row[j] -= log_z;
+    }
   });
   return out;
 }

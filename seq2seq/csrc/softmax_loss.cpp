@@ -44,43 +44,6 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& bias, const at::Te
   }
 }
 
-// z = row + b (fp32, into z); returns the row's peak and its sum, over 16 lanes then across them.
-inline void widen_row(const uint16_t* row, const float* b, float* z, int64_t v, float& row_peak, float& row_sum) {
-  const int64_t full = v - v % kLanes;
-  Lanes peak = splat(-std::numeric_limits<float>::max(), Lanes{}), sum_z = Lanes{};
-  for (int64_t j = 0; j < full; j += kLanes) {
-    const Lanes zj = widen(row + j) + load(b + j);
-    store(zj, z + j);
-    peak = larger(zj, peak);
-    sum_z += zj;
-  }
-  for (int64_t j = full; j < v; ++j) {  // the last V mod 16 columns
-    z[j] = widen(row[j]) + b[j];
-    peak[j - full] = larger(z[j], peak[j - full]);
-    sum_z[j - full] += z[j];
-  }
-  row_peak = peak[0], row_sum = lane_sum(sum_z);
-  for (int64_t k = 1; k < kLanes; ++k) row_peak = larger(peak[k], row_peak);
-}
-
-// sum_j exp(z_j - peak), over 16 lanes then across them; with kKeep each z_j is replaced by its exp(z_j - peak).
-template <bool kKeep>
-inline float sum_exp(float* z, int64_t v, float row_peak) {
-  const int64_t full = v - v % kLanes;
-  Lanes total = Lanes{};
-  for (int64_t j = 0; j < full; j += kLanes) {
-    const Lanes e = exp_approx(load(z + j) - row_peak);
-    if (kKeep) store(e, z + j);
-    total += e;
-  }
-  for (int64_t j = full; j < v; ++j) {
-    const float e = exp_approx(z[j] - row_peak);
-    if (kKeep) z[j] = e;
-    total[j - full] += e;
-  }
-  return lane_sum(total);
-}
-
 // log Z from a row's peak and sum of exps; NaN where the row held a NaN or an infinity.
 inline float log_partition(float row_total, float row_peak, float row_sum) {
   const float lz = std::log(row_total) + row_peak;
