@@ -10,13 +10,13 @@ There are seven, each a small C++ file in `csrc/`:
   each float32 step's element-wise work in one pass with ATen's arithmetic;
 - `search_cell.cpp`: a decoder layer's LSTM cell at a beam-search step with its row gathers, in one pass, with
   ATen's own sigmoid and MKL's tanh, or in bf16 search faster approximations of them (seq2seq.translator.decoder_step,
-  fp32 states on a CPU);
+  fp32 states on a CPU); and bf16 search's attention tanh and output log_softmax (seq2seq.products);
 - `sparse_norm.cpp`: the clipping norm of a row-sparse embedding gradient from its touched rows, in the order and
   rounding of torch's norm of the dense gradient (seq2seq.sparse_grad, plain SGD on a CPU);
 - `transpose.cpp`: a float32 matrix transposed into a new contiguous one, in tiles on every core (seq2seq.gemm's
   oneDNN products of a transposed operand).
 Two headers are shared: `aten_arithmetic.h` (ATen's element-wise functions, for kernels that must round as ATen
-does) and `lanes.h` (16 floats in registers and a fast exp). Each is compiled for this CPU's instruction set
+does) and `lanes.h` (16 floats in registers, a fast exp, bf16 conversions and the softmax's row passes). Each is compiled for this CPU's instruction set
 (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and loaded from there
 afterwards. Where one cannot be built (no compiler, no ninja) one line says so and the eager PyTorch code runs
 instead, slower: the same masks, step loops, fp32 search cells, fp32 losses and transposes bit for bit, the same
