@@ -1,7 +1,8 @@
 // 16 floats in registers, a fast exp over them, bf16 <-> float conversions and the softmax's row passes, for the
 // compiled kernels' row loops (csrc/softmax_loss.cpp, csrc/search_cell.cpp's bf16 search functions). Lanes is GCC's
 // vector extension: one AVX-512 register, two AVX2 ones, so a loop that keeps its running maxima and sums in a
-// Lanes keeps them in registers, where arrays of 16 were stored and reloaded at every step. Functions come for float and for Lanes, lane by lane the same arithmetic.
+// Lanes keeps them in registers, where arrays of 16 were stored and reloaded at every step. Functions come for
+// float and for Lanes, lane by lane the same arithmetic.
 //
 // exp_approx is Cephes' single-precision polynomial (about 1 ulp); sigmoid_approx and tanh_approx are built on it
 // (within ~2e-7 of torch's). They are not ATen's functions: the kernels that must round as ATen does use
