@@ -1,6 +1,9 @@
 """The compiled bf16 cross-entropy kernel (seq2seq/csrc/softmax_loss.cpp) against float64 references computed
 from the same bf16 logits, and its place in seq2seq.softmax."""
 
+import threading
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -416,6 +419,42 @@ def test_search_cell_does_not_depend_on_the_thread_count(cells):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def longest_pause_during(call) -> tuple[float, float]:
+    """call() in a thread while this thread keeps time: the call's span, and the longest stretch of it in which
+    this thread could not run Python (the whole span when the call holds the interpreter lock)."""
+    span = {}
+
+    def work():
+        span["start"] = time.perf_counter()
+        call()
+        span["end"] = time.perf_counter()
+
+    stamps, thread = [], threading.Thread(target=work)
+    thread.start()
+    while thread.is_alive():
+        stamps.append(time.perf_counter())
+    thread.join()
+    inside = [span["start"], *(t for t in stamps if span["start"] < t < span["end"]), span["end"]]
+    return span["end"] - span["start"], max(b - a for a, b in zip(inside, inside[1:]))
+
+
+def test_search_kernels_let_go_of_the_interpreter_lock(cells):
+    """seq2seq-translate's workers are threads: one batch's Python runs while the other's kernels do."""
+    generator = torch.Generator().manual_seed(5)
+    hh, c = torch.randn(8000, 4 * 512, generator=generator), torch.randn(8000, 512, generator=generator)
+    h_out, c_out = torch.empty_like(c), torch.empty_like(c)
+    z, bias = torch.randn(2000, 20000, generator=generator).bfloat16(), torch.zeros(20000)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernel on one core, this thread's loop on the other
+    try:
+        for call in (lambda: cells.cell(hh, None, None, None, c, None, h_out, c_out, True),
+                     lambda: cells.log_softmax_rows(z, bias)):
+            span, pause = longest_pause_during(call)
+            assert span > 0.01 and pause < span / 2, (span, pause)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @settings(max_examples=40, deadline=None)

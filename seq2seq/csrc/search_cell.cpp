@@ -205,12 +205,16 @@ std::tuple<at::Tensor, at::Tensor> unique_rows(const at::Tensor& parents, int64_
   return {rows, inverse};
 }
 
+// Each call lets go of Python's interpreter lock while it runs, as torch's own operators do: seq2seq-translate's
+// workers are threads, and a batch's Python can run while the other batch's cell runs.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto unlocked = py::call_guard<py::gil_scoped_release>();
   m.def("cell", &cell, "one decoder layer's LSTM cell at a search step, gathers included (see the file's head)",
         py::arg("hh"), py::arg("rows"), py::arg("inputs"), py::arg("input_rows"), py::arg("c"), py::arg("parents"),
-        py::arg("h_out"), py::arg("c_out"), py::arg("exact") = true);
-  m.def("tanh_approx_", &tanh_approx_, "x = tanh(x) in place, lanes.h's approximation (bf16 search)");
+        py::arg("h_out"), py::arg("c_out"), py::arg("exact") = true, unlocked);
+  m.def("tanh_approx_", &tanh_approx_, "x = tanh(x) in place, lanes.h's approximation (bf16 search)", unlocked);
   m.def("log_softmax_rows", &log_softmax_rows, "log_softmax(float(z) + bias + mask per sentence) along rows",
-        py::arg("z"), py::arg("bias"), py::arg("mask") = py::none());
-  m.def("unique_rows", &unique_rows, "torch.unique(parents, sorted=True, return_inverse=True), rows below bound");
+        py::arg("z"), py::arg("bias"), py::arg("mask") = py::none(), unlocked);
+  m.def("unique_rows", &unique_rows, "torch.unique(parents, sorted=True, return_inverse=True), rows below bound",
+        unlocked);
 }
