@@ -19,22 +19,12 @@ from pathlib import Path
 from statistics import median
 
 import torch
-import torch.utils.cpp_extension
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline  # noqa: E402  (benchmarks/roofline.py: the decode workload)
 
 from seq2seq import native, products, translator  # noqa: E402
 from seq2seq.devices import keep_freed_memory  # noqa: E402
-
-
-def build(name: str, source: Path, directory: Path):
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags = [*native.ISA_FLAGS.get(capability, []), *native.aten_arithmetic_flags(), *native.header_flags("lanes.h")]
-    directory.mkdir(parents=True, exist_ok=True)
-    return torch.utils.cpp_extension.load(name, [str(source)], extra_cflags=["-O3", "-fopenmp", *flags],
-                                          extra_ldflags=["-fopenmp"], extra_include_paths=[str(native.SOURCES)],  # its headers
-                                          build_directory=str(directory), verbose=False)
 
 
 def main() -> None:
@@ -47,8 +37,8 @@ def main() -> None:
     parser.add_argument("--build-dir", type=Path, default=Path("/tmp/seq2seq-search-kernel-ab"))
     args = parser.parse_args()
     keep_freed_memory()
-    kernels = {"other": build("search_cell_other", args.other, args.build_dir / "other"),
-               "this": build("search_cell_this", native.SOURCES / "search_cell.cpp", args.build_dir / "this")}
+    kernels = {side: native.build(f"search_cell_{side}", source, args.build_dir / side, native.search_cell_flags())
+               for side, source in (("other", args.other), ("this", native.SOURCES / "search_cell.cpp"))}
     run, sentences, _, _ = roofline.decode(args.dtype == "bf16", args.model, args.input, workers=2)
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.pairs):

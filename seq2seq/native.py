@@ -53,7 +53,7 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
     is off or cannot be built."""
     if not enabled():
         return None
-    import torch.utils.cpp_extension
+    import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     name = f"seq2seq_{stem}_{capability.lower()}"
@@ -62,16 +62,26 @@ def load(stem: str, what: str, flags: tuple[str, ...] = ()):
         print(f"seq2seq: compiling the {what} for this {capability} CPU, once (~20 s), into {directory}",
               file=sys.stderr)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        return torch.utils.cpp_extension.load(
-            name, [str(SOURCES / f"{stem}.cpp")],
-            extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, []), *flags], extra_ldflags=["-fopenmp"],
-            build_directory=str(directory), verbose=False)
+        return build(name, SOURCES / f"{stem}.cpp", directory, flags)
     except Exception as error:  # no compiler, no ninja, a failed build: the eager path computes the same
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"seq2seq: the {what} could not be built ({reason[:200]}); using eager PyTorch instead",
               file=sys.stderr)
         return None
+
+
+def build(name: str, source: Path, directory: Path, flags: tuple[str, ...] = ()):
+    """Compile (once) and import one kernel source as module `name`, built in `directory` for this CPU with `flags`
+    added; raises if it cannot be built. A source outside csrc/ (another version of a kernel, for
+    benchmarks/search_kernel_ab.py) finds csrc's headers too."""
+    import torch.utils.cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    includes = [] if source.parent == SOURCES else [str(SOURCES)]
+    directory.mkdir(parents=True, exist_ok=True)
+    return torch.utils.cpp_extension.load(
+        name, [str(source)], extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(capability, []), *flags],
+        extra_ldflags=["-fopenmp"], extra_include_paths=includes, build_directory=str(directory), verbose=False)
 
 
 @functools.cache
@@ -101,7 +111,12 @@ def recurrence_kernel():
 @functools.cache
 def search_cell_kernel():
     """The compiled search-step functions (cell, unique_rows; bf16 search's tanh_approx_, log_softmax_rows), or None."""
-    return load("search_cell", "search-cell kernel", aten_arithmetic_flags() + header_flags("lanes.h"))
+    return load("search_cell", "search-cell kernel", search_cell_flags())
+
+
+def search_cell_flags() -> tuple[str, ...]:
+    """The search-cell kernel's compiler flags: ATen's arithmetic (the exact cell) and lanes.h (bf16 search)."""
+    return aten_arithmetic_flags() + header_flags("lanes.h")
 
 
 @functools.cache
