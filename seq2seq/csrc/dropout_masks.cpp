@@ -8,7 +8,8 @@
 // a time in loops the compiler vectorises, the doubles are compared with 1 - p in the same way, and the state is put
 // back where 2 n single calls would have left it. Recorded runs therefore repeat exactly with or without it.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>

@@ -10,7 +10,9 @@
 // gradient checks) run the same ATen operations as the Python loops. The comments name the Python lines each
 // block transliterates; the equations are in recurrence.py.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
 #include <cstdint>

@@ -22,7 +22,8 @@
 //                                        bf16 product to fp32 log-probs a row at a time, while it is in cache (four
 //                                        whole-matrix operations in eager PyTorch: widen, bias, mask, log_softmax)
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>

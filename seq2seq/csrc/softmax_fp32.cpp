@@ -14,7 +14,8 @@
 //   as vectors, four accumulators in turn, partial sums folded over four levels of 16 or more vectors each, then
 //   the row's tail and the vector's lanes added in order).
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

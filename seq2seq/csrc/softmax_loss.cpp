@@ -13,7 +13,8 @@
 // blocks of rows, so a result does not depend on the number of threads. exp is Cephes' single-precision
 // polynomial (about 1 ulp) over 16 lanes in registers (csrc/lanes.h).
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>

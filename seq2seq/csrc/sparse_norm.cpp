@@ -12,7 +12,8 @@
 // in the same lanes and order, give the same bits. seq2seq.sparse_grad checks this against torch once per
 // process, tails of every length included, before trusting it.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
 #include <cstdint>
@@ -23,10 +24,10 @@ constexpr int64_t kLanes = 8;
 
 // values: (rows, width) float32, the touched rows of a (numel / width, width) tensor; rows: their indices,
 // increasing and distinct. Returns a 0-dim float32 tensor.
-torch::Tensor sparse_rows_norm(const torch::Tensor& values, const torch::Tensor& rows, int64_t numel) {
-  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == torch::kFloat && values.is_contiguous(),
+at::Tensor sparse_rows_norm(const at::Tensor& values, const at::Tensor& rows, int64_t numel) {
+  TORCH_CHECK(values.dim() == 2 && values.scalar_type() == at::kFloat && values.is_contiguous(),
               "values must be a contiguous (rows, width) float32 tensor");
-  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == torch::kLong && rows.size(0) == values.size(0),
+  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.size(0) == values.size(0),
               "rows must be an int64 vector with one index per row of values");
   const int64_t count = values.size(0), width = values.size(1);
   const float* x = values.data_ptr<float>();
@@ -61,7 +62,7 @@ torch::Tensor sparse_rows_norm(const torch::Tensor& values, const torch::Tensor&
     for (int64_t j = 1; j < kLanes; ++j) lane[0] = lane[0] + lane[j];
     tail = lane[0];
   }
-  return torch::full({}, std::sqrt(tail), values.options());
+  return at::full({}, std::sqrt(tail), values.options());
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 // 128 were slower) go to both cores: 0.6 ms.
 // A copy: every value moves unchanged.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <ATen/Parallel.h>
 
@@ -19,11 +20,11 @@ namespace {
 constexpr int64_t kTile = 64;
 
 // src: (rows, cols) float32 with unit column stride (any row stride). Returns (cols, rows) contiguous.
-torch::Tensor transposed(const torch::Tensor& src) {
-  TORCH_CHECK(src.dim() == 2 && src.scalar_type() == torch::kFloat && src.stride(1) == 1,
+at::Tensor transposed(const at::Tensor& src) {
+  TORCH_CHECK(src.dim() == 2 && src.scalar_type() == at::kFloat && src.stride(1) == 1,
               "src must be a (rows, cols) float32 tensor with unit column stride");
   const int64_t rows = src.size(0), cols = src.size(1), stride = src.stride(0);
-  auto out = torch::empty({cols, rows}, src.options());
+  auto out = at::empty({cols, rows}, src.options());
   const float* x = src.data_ptr<float>();
   float* y = out.data_ptr<float>();
   const int64_t col_tiles = (cols + kTile - 1) / kTile;
