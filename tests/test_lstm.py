@@ -216,6 +216,33 @@ def test_padded_batch_gives_each_sequence_its_own_final_state(mode):
         assert not y[n:, b].any()  # padded steps give zeros
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_on_a_padded_batch_runs_by_length_and_equals_packing(bidirectional):
+    """Without autograd on a CPU a padded batch runs each length's group on the unpacked kernel: the same outputs
+    and final states as the packed path training takes (fp32, within rounding), zeros after each length, and a
+    length-0 sequence keeps its initial state; under bf16 autocast it runs in bf16, as an unpadded batch does."""
+    torch.manual_seed(0)
+    lstm = StackedLSTM(D, H, 2, bidirectional=bidirectional).eval()
+    x, lengths = torch.randn(T, 5, D), torch.tensor([T, 2, 5, 0, 2])
+    state = (torch.randn(2, 5, H), torch.randn(2, 5, H))
+    kept = torch.tensor([0, 1, 2, 4])  # packing refuses a length of 0
+    y_packed, (h_packed, c_packed) = lstm(x[:, kept], (state[0][:, kept], state[1][:, kept]),
+                                          lengths=lengths[kept])  # autograd on: packed
+    with torch.no_grad():
+        y, (h, c) = lstm(x, state, lengths=lengths)
+    torch.testing.assert_close(y[:, kept], y_packed, atol=1e-6, rtol=0)
+    torch.testing.assert_close(h[:, kept], h_packed, atol=1e-6, rtol=0)
+    torch.testing.assert_close(c[:, kept], c_packed, atol=1e-6, rtol=0)
+    assert torch.equal(h[:, 3], state[0][:, 3]) and torch.equal(c[:, 3], state[1][:, 3])
+    assert not y[2:, 1].any() and not y[:, 3].any()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, (h16, _) = lstm(x, state, lengths=lengths)
+        y_alone, (h_alone, _) = lstm(x[:5, 2:3], (state[0][:, 2:3], state[1][:, 2:3]))  # column 2 (length 5) alone
+    assert y16.dtype == h16.dtype == torch.bfloat16
+    assert torch.equal(y16[:5, 2:3], y_alone) and torch.equal(h16[:, 2:3], h_alone)
+    torch.testing.assert_close(y16[:, kept].float(), y_packed, atol=3e-2, rtol=0)
+
+
 def test_masks_at_step_match_the_full_sequence():
     lstm, x, state = make("zaremba")
     masks = lstm.sample_masks(T, B)
