@@ -484,7 +484,9 @@ def test_search_cell_refuses_bad_indices_and_dtypes(cells):
 def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, monkeypatch, variant, dtype):
     """Every hypothesis, score and alignment of a batched beam search, kernel on and off, in fp32 and with the
     bf16 products of seq2seq.products (whose cell stays fp32, and takes the kernel's approximate activations:
-    the same hypotheses, scores within float rounding)."""
+    the same hypotheses, scores within bf16 rounding: the approximations move h by ~1e-7, which now and then
+    rounds an input of a later bf16 product the other way, and one such flip moved a sentence's scores by 1e-4
+    relative once the encoder itself ran in bf16)."""
     from seq2seq import products, translator
     from seq2seq.products import prepare_for_search
     from seq2seq.search import beam_search
@@ -522,7 +524,7 @@ def test_beam_search_with_the_search_cell_equals_the_eager_step_exactly(cells, m
                                                                           for row in found[False]]
         scores = [[score for _, score, log_prob, _ in row for score in (score, log_prob)] for row in found[True]]
         eager = [[score for _, score, log_prob, _ in row for score in (score, log_prob)] for row in found[False]]
-        torch.testing.assert_close(torch.tensor(sum(scores, [])), torch.tensor(sum(eager, [])), rtol=2e-6, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(sum(scores, [])), torch.tensor(sum(eager, [])), rtol=1e-3, atol=1e-5)
     assert exact == {dtype == torch.float32}  # fp32: ATen's activations; bf16: the approximate ones
     assert sum(len(h[0]) for row in found[True] for h in row) > 0  # something was searched for
 
