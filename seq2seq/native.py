@@ -20,10 +20,11 @@ does) and `lanes.h` (16 floats in registers, a fast exp, bf16 conversions and th
 compiled for this CPU's instruction set (AVX-512, AVX2 or neither) into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions) and loaded from there afterwards. The kernels include ATen and torch's pybind11 glue, not
 torch/extension.h, whose whole C++ front end took most of each build (~31 s a kernel on an AVX-512 EPYC, ~19 s
-without it; the same machine code for the kernels: the same losses, parameters and translations bit for bit). Where one cannot be built (no compiler, no ninja) one
-line says so and the eager PyTorch code runs instead, slower: the same masks, step loops, fp32 search cells, fp32
-losses and transposes bit for bit, the same bf16 loss, gradients and bf16 search cells to rounding (lanes.h's exp
-and the bf16 kernel's order of sums are their own). SEQ2SEQ_NATIVE=0 turns them off.
+without it; the same machine code for the kernels: the same losses, parameters and translations bit for bit).
+Where one cannot be built (no compiler, no ninja) one line says so and the eager PyTorch code runs instead, slower:
+the same masks, step loops, fp32 search cells, fp32 losses and transposes bit for bit, the same bf16 loss,
+gradients and bf16 search cells to rounding (lanes.h's exp and the bf16 kernel's order of sums are their own).
+SEQ2SEQ_NATIVE=0 turns them off.
 """
 
 from __future__ import annotations
