@@ -2,7 +2,7 @@
 
     python benchmarks/encoder_by_length.py --model runs/wmt14_enfr-demo/model [--decode-pairs 16]
 
-The batches are seq2seq-translate's over test_2016_flickr (sorted by length, 64 sentences). First the encoder
+The batches are seq2seq-translate's over test_2016_flickr (sorted by length, 64 sentences, EOS-terminated). First the encoder
 alone on one thread, the two ways in turn (`--pairs` times), in fp32 and in bf16 search (autocast: packing runs
 fp32 whatever autocast says, by length runs bf16); then, with --decode-pairs, the whole beam-5 decode of
 `benchmarks/roofline.py` (2 workers) alternating the two, a warm-up pass before each timed one. Prints each
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from statistics import median
 
@@ -28,36 +27,27 @@ from seq2seq.data.parallel import read_text_lines  # noqa: E402
 from seq2seq.devices import keep_freed_memory  # noqa: E402
 from seq2seq.model_dir import load_translator  # noqa: E402
 from seq2seq.products import prepare_for_search  # noqa: E402
+from seq2seq.tokenizer import to_tensor  # noqa: E402
 
 WAYS = {"packed": lstm._packed, "by length": lstm._by_length}
 
 
 def padded_batches(src_tok, input_path: str, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The CLI's batches: (S, B) right-padded source ids and (B,) lengths."""
-    ids = [src_tok.encode(line) for line in read_text_lines(Path(input_path)) if line]
-    lengths = [len(i) for i in ids]
-    batches = []
-    for rows in token_batches(lengths, lengths, 10**9, max_sentences=batch_size, shuffle=False):
-        src = torch.zeros(max(lengths[r] for r in rows), len(rows), dtype=torch.long)
-        for column, row in enumerate(rows):
-            src[: lengths[row], column] = torch.tensor(ids[row])
-        batches.append((src, torch.tensor([lengths[r] for r in rows])))
-    return batches
+    """The CLI's batches (seq2seq.translate.translate_lines): (S, B) right-padded source ids ending in EOS, and
+    (B,) lengths."""
+    ids = src_tok.encode([line for line in read_text_lines(Path(input_path)) if line])
+    lengths = [len(i) + 1 for i in ids]
+    return [to_tensor([ids[r] for r in rows], eos=True)
+            for rows in token_batches(lengths, lengths, 10**9, max_sentences=batch_size, shuffle=False)]
 
 
 def alternate(run, pairs: int, warm_up: bool) -> dict[str, list[float]]:
-    """Seconds of run() with each way of running a padded layer, in turn."""
-    times: dict[str, list[float]] = {name: [] for name in WAYS}
-    for _ in range(pairs):
-        for name, way in WAYS.items():
-            lstm._by_length = way
-            if warm_up:
-                run()
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    lstm._by_length = WAYS["by length"]
-    return times
+    """Seconds of run() with each way of running a padded layer, in turn; by length is left in place."""
+    switches = {name: lambda way=way: setattr(lstm, "_by_length", way) for name, way in WAYS.items()}
+    try:
+        return roofline.alternate(switches, run, pairs, warm_up)
+    finally:
+        lstm._by_length = WAYS["by length"]
 
 
 def report(what: str, times: dict[str, list[float]]) -> None:

@@ -82,6 +82,22 @@ def timed(step, steps: int, device: torch.device = CPU) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def alternate(sides: dict, run, pairs: int, warm_up: bool = True) -> dict[str, list[float]]:
+    """Seconds of run() on each side in turn, `pairs` times (an untimed pass before each timed one with warm_up):
+    sides maps a name to a callable that switches the process to that side. A shared machine's speed drifts by
+    more than a small change gains, so two versions are compared in one process, alternating."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(pairs):
+        for name, switch in sides.items():
+            switch()
+            if warm_up:
+                run()
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
 def ptb(name: str, bf16: bool, device: torch.device = CPU, model_config=None):
     """A PTB training step of the preset `name` (its model, or `model_config` in its place)."""
     preset = LM_PRESETS[name]()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from statistics import median
 
@@ -25,6 +24,11 @@ import roofline  # noqa: E402  (benchmarks/roofline.py: the decode workload)
 
 from seq2seq import native, products, translator  # noqa: E402
 from seq2seq.devices import keep_freed_memory  # noqa: E402
+
+
+def use(kernel) -> None:
+    """Search with `kernel` as its compiled search-step functions."""
+    translator.search_cell_kernel = products.search_cell_kernel = lambda: kernel
 
 
 def main() -> None:
@@ -40,14 +44,8 @@ def main() -> None:
     kernels = {side: native.build(f"search_cell_{side}", source, args.build_dir / side, native.search_cell_flags())
                for side, source in (("other", args.other), ("this", native.SOURCES / "search_cell.cpp"))}
     run, sentences, _, _ = roofline.decode(args.dtype == "bf16", args.model, args.input, workers=2)
-    times: dict[str, list[float]] = {name: [] for name in kernels}
-    for _ in range(args.pairs):
-        for name, kernel in kernels.items():
-            translator.search_cell_kernel = products.search_cell_kernel = lambda kernel=kernel: kernel
-            run()
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
+    times = roofline.alternate({name: lambda kernel=kernel: use(kernel) for name, kernel in kernels.items()},
+                               run, args.pairs)
     print(f"torch {torch.__version__} | CPU {torch.backends.cpu.get_cpu_capability()} | {args.dtype} | beam 5 over "
           f"{sentences:,} sentences, 2 workers | seconds a pass, alternating")
     for name, values in times.items():

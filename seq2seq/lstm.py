@@ -264,7 +264,7 @@ def _by_length(layer: nn.LSTM, x: Tensor, state: State, lengths: Tensor) -> tupl
     recorded runs' bits."""
     groups = []
     for length in lengths.unique().tolist():
-        columns = (lengths == length).nonzero().squeeze(1).to(x.device)  # (b,) the sequences of this length
+        columns = (lengths == length).nonzero().squeeze(1)  # (b,) the sequences of this length
         begin = tuple(s.index_select(1, columns) for s in state)  # (directions, b, units) each
         groups.append((length, columns, layer(x[:length, columns], begin) if length else (None, begin)))
     dtype = next((y.dtype for _, _, (y, _) in groups if y is not None), x.dtype)
